@@ -1,0 +1,190 @@
+"""The alpha-entmax family, exact and sort-free: softmax (alpha=1), entmax-1.5, sparsemax (alpha=2) and between.
+
+    entmax_alpha(x)_i = [(alpha - 1) x_i - tau]_+ ** (1 / (alpha - 1)),   tau such that the row sums to 1.
+
+The threshold tau is found by Newton steps on f(tau) = sum_i [(alpha-1) x_i - tau]_+^k - 1 (k = 1/(alpha-1)),
+started below the root; f is convex and decreasing, so the iterates rise monotonically towards it. For alpha 1.5 and
+2 the root on the found support has a closed form, which is then verified; for other alpha the iteration is checked
+for convergence. Rows that fail the check are solved again in float64 to convergence, so no result depends on a
+fixed iteration count. Inputs of any float dtype are computed in float32 (float64 stays float64).
+
+Masks: entries at -inf (or where a boolean `mask` is False) get exactly 0; a fully masked row returns zeros.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+NEWTON_STEPS = 6  # enough to fix the support of nearly every row; the rest take the exact fallback
+
+
+def check_alpha(alpha: float) -> float:
+    """Return alpha as a float, or raise ValueError if it is outside [1, 2] or NaN."""
+    try:
+        value = float(alpha)
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha must be a number in [1, 2], got {alpha!r}") from None
+    if not 1.0 <= value <= 2.0:  # also rejects NaN
+        raise ValueError(
+            f"alpha must be in [1, 2] (1 = softmax, 1.5 = entmax-1.5, 2 = sparsemax), got {alpha!r}"
+        )
+    return value
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def masked_softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax whose fully masked (all -inf) rows are zeros instead of NaN."""
+    top = scores.amax(dim, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    e = torch.exp(scores - top)
+    total = e.sum(dim, keepdim=True)
+    return e / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def shifted_logits(scores: torch.Tensor, alpha: float) -> torch.Tensor:
+    """z = (alpha - 1) (x - max x): the row maximum at 0, so the threshold lies in [-1, 0)."""
+    top = scores.amax(-1, keepdim=True)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
+    return (scores - top) * (alpha - 1.0)
+
+
+def _newton_step(z: torch.Tensor, tau: torch.Tensor, k: float) -> torch.Tensor:
+    d = (z - tau).clamp_min(0)
+    if k == 1.0:
+        f = d.sum(-1, keepdim=True) - 1
+        slope = (d > 0).sum(-1, keepdim=True).to(z.dtype)
+    elif k == 2.0:
+        f = (d * d).sum(-1, keepdim=True) - 1
+        slope = 2 * d.sum(-1, keepdim=True)
+    else:
+        f = d.pow(k).sum(-1, keepdim=True) - 1
+        slope = k * d.pow(k - 1).sum(-1, keepdim=True)
+    return f / slope.clamp_min(torch.finfo(z.dtype).tiny)
+
+
+def initial_threshold(z: torch.Tensor, k: float) -> torch.Tensor:
+    """A threshold at or below the root: max(-1, mean(z) - n^(-1/k)) (power-mean bound; -1 when masked)."""
+    n = z.shape[-1]
+    return torch.maximum(z.mean(-1, keepdim=True) - n ** (-1.0 / k), torch.full_like(z[..., :1], -1.0))
+
+
+def closed_form_threshold(z: torch.Tensor, support: torch.Tensor, k: float) -> torch.Tensor:
+    """The exact root of sum_{support} (z - tau)^k = 1 for k in {1, 2}; support is a 0/1 float mask."""
+    n = support.sum(-1, keepdim=True).clamp_min(1)
+    inside = support > 0
+    mean = torch.where(inside, z, 0.0).sum(-1, keepdim=True) / n
+    if k == 1.0:
+        return mean - 1 / n
+    centred = torch.where(inside, z - mean, 0.0)
+    var = (centred * centred).sum(-1, keepdim=True) / n
+    return mean - (1 / n - var).clamp_min(0).sqrt()
+
+
+def solve_threshold(z: torch.Tensor, k: float, steps: int = NEWTON_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Threshold for each row of z and a flag telling whether it is verified exact (to the dtype's precision)."""
+    tau = initial_threshold(z, k)
+    for _ in range(steps):
+        tau = tau + _newton_step(z, tau, k)
+    if k in (1.0, 2.0):
+        support = (z > tau).to(z.dtype)
+        exact = closed_form_threshold(z, support, k)
+        mismatches = ((z > exact).to(z.dtype) - support).abs().sum(-1, keepdim=True)
+        return exact, mismatches == 0
+    step = _newton_step(z, tau, k)
+    ok = step.abs() <= 4 * torch.finfo(z.dtype).eps * tau.abs().clamp_min(1)
+    return tau + step, ok
+
+
+def probabilities(z: torch.Tensor, tau: torch.Tensor, k: float) -> torch.Tensor:
+    d = (z - tau).clamp_min(0)
+    p = d if k == 1.0 else d * d if k == 2.0 else d.pow(k)
+    total = p.sum(-1, keepdim=True)
+    return p / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def exact_threshold_float64(z: torch.Tensor, k: float, max_steps: int = 200) -> torch.Tensor:
+    """Reference solve in float64: Newton to a fixed point, then the closed form where one exists."""
+    z = z.double()
+    tau = torch.full_like(z[..., :1], -1.0)
+    for _ in range(max_steps):
+        step = _newton_step(z, tau, k)
+        tau = tau + step
+        if bool((step <= 1e-15 * tau.abs().clamp_min(1)).all()):
+            break
+    if k in (1.0, 2.0):
+        tau = closed_form_threshold(z, (z > tau).to(z.dtype), k)
+    return tau
+
+
+def entmax_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """entmax over the last dim of x, computed in x's dtype (float32 or float64), no autograd."""
+    if alpha == 1.0:
+        return masked_softmax(x)
+    k = 1.0 / (alpha - 1.0)
+    z = shifted_logits(x, alpha)
+    tau, ok = solve_threshold(z, k)
+    bad = ~ok.squeeze(-1)
+    if bool(bad.any()):
+        tau = tau.clone()
+        tau[bad] = exact_threshold_float64(z[bad], k).to(z.dtype)
+    return probabilities(z, tau, k)
+
+
+def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
+    """Vector-Jacobian product of entmax: J = diag(s) - s s^T / sum(s), s = p^(2 - alpha) on the support."""
+    if alpha == 1.0:
+        s = p
+    elif alpha == 2.0:
+        s = (p > 0).to(p.dtype)
+    else:
+        s = torch.where(p > 0, p.pow(2.0 - alpha), torch.zeros_like(p))
+    sg = s * grad
+    total = s.sum(dim, keepdim=True)
+    return sg - s * (sg.sum(dim, keepdim=True) / torch.where(total > 0, total, torch.ones_like(total)))
+
+
+class _Entmax(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
+        xc = x.to(compute_dtype(x.dtype)).movedim(dim, -1)
+        p = entmax_rows(xc, alpha).movedim(-1, dim)
+        ctx.save_for_backward(p)
+        ctx.alpha, ctx.dim = alpha, dim
+        return p.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (p,) = ctx.saved_tensors
+        return entmax_backward(p, grad.to(p.dtype), ctx.alpha, ctx.dim).to(grad.dtype), None, None
+
+
+def entmax(x: torch.Tensor, alpha: float = 1.5, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """alpha-entmax of `x` along `dim`, exact for every alpha in [1, 2]; differentiable.
+
+    mask: optional boolean tensor broadcastable to x, True where an entry takes part. Masked entries (and entries
+    at -inf) get exactly 0; a row with no entry left returns zeros. The result has x's dtype, computed in float32
+    (float64 for float64 input).
+    """
+    alpha = check_alpha(alpha)
+    if not torch.is_floating_point(x):
+        raise TypeError(f"entmax needs a floating-point tensor, got {x.dtype}")
+    if mask is not None:
+        if mask.dtype != torch.bool:
+            raise TypeError(f"mask must be a boolean tensor (True = keep), got {mask.dtype}")
+        x = x.masked_fill(~mask, -math.inf)
+    return _Entmax.apply(x, alpha, dim)
+
+
+def sparsemax(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Sparsemax: Euclidean projection onto the simplex; entmax with alpha = 2."""
+    return entmax(x, 2.0, dim, mask)
+
+
+def entmax15(x: torch.Tensor, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """entmax with alpha = 1.5, the PLADIS default."""
+    return entmax(x, 1.5, dim, mask)
