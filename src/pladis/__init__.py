@@ -9,8 +9,9 @@ model; `pladis.api` is the switch.
 """
 
 from .api import Pladis, apply, is_applied, remove, set_scale
-from .attention import get_backend, pladis_attention, pladis_weights, register_backend, set_backend
+from .attention import pladis_attention, pladis_weights
 from .entmax import entmax, entmax15, sparsemax
+from .kernels import get_backend, register_backend, set_backend
 
 __version__ = "0.1.0"
 

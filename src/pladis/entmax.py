@@ -17,6 +17,8 @@ import math
 
 import torch
 
+from .kernels import Fusable
+
 NEWTON_STEPS = 6  # enough to fix the support of nearly every row; the rest take the exact fallback
 
 
@@ -64,7 +66,7 @@ def _newton_step(z: torch.Tensor, tau: torch.Tensor, k: float) -> torch.Tensor:
     else:
         f = d.pow(k).sum(-1, keepdim=True) - 1
         slope = k * d.pow(k - 1).sum(-1, keepdim=True)
-    return f / slope.clamp_min(torch.finfo(z.dtype).tiny)
+    return torch.where(slope > 0, f / slope, 0.0)  # a row with no support (fully masked) stays put
 
 
 def initial_threshold(z: torch.Tensor, k: float) -> torch.Tensor:
@@ -121,8 +123,21 @@ def exact_threshold_float64(z: torch.Tensor, k: float, max_steps: int = 200) -> 
     return tau
 
 
-def entmax_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """entmax over the last dim of x, computed in x's dtype (float32 or float64), no autograd."""
+def solve_rows(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """entmax over the last dim and a per-row 'verified exact' flag; pure tensor code, fusable."""
+    if alpha == 1.0:
+        return masked_softmax(x), torch.ones_like(x[..., :1], dtype=torch.bool)
+    k = 1.0 / (alpha - 1.0)
+    z = shifted_logits(x, alpha)
+    tau, ok = solve_threshold(z, k)
+    return probabilities(z, tau, k), ok
+
+
+_fused_solve_rows = Fusable(solve_rows)
+
+
+def exact_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """entmax of rows without the fused kernel, every row exact (float64 fallback where unverified)."""
     if alpha == 1.0:
         return masked_softmax(x)
     k = 1.0 / (alpha - 1.0)
@@ -133,6 +148,17 @@ def entmax_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
         tau = tau.clone()
         tau[bad] = exact_threshold_float64(z[bad], k).to(z.dtype)
     return probabilities(z, tau, k)
+
+
+def entmax_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """entmax over the last dim of x in x's dtype (float32 or float64), no autograd, every row exact."""
+    rows = x.reshape(-1, x.shape[-1])
+    p, ok = _fused_solve_rows(rows, alpha)
+    bad = ~ok.squeeze(-1)
+    if bool(bad.any()):
+        p = p.clone()
+        p[bad] = exact_rows(rows[bad], alpha)
+    return p.view(x.shape)
 
 
 def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
@@ -151,7 +177,7 @@ def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int)
 class _Entmax(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
-        xc = x.to(compute_dtype(x.dtype)).movedim(dim, -1)
+        xc = x.detach().to(compute_dtype(x.dtype)).movedim(dim, -1).contiguous()
         p = entmax_rows(xc, alpha).movedim(-1, dim)
         ctx.save_for_backward(p)
         ctx.alpha, ctx.dim = alpha, dim

@@ -1,0 +1,71 @@
+"""How the row-wise maths run: eagerly, fused by torch.compile (inductor: C++ on CPU, Triton on GPU), or by a
+registered kernel. One process-wide choice, `set_backend`; "auto" fuses where a compiler works and otherwise
+falls back to the eager code, which computes the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_choice = "auto"
+_registered: dict[str, Callable] = {}
+_compile_failed: set[str] = set()
+
+
+def register_backend(name: str, fn: Callable) -> None:
+    """Add a kernel for the PLADIS map: fn(scores_fp32, scale_tensor, alpha, temperature) -> map, same shape."""
+    if name in ("auto", "eager", "compiled"):
+        raise ValueError(f"{name!r} is a built-in backend name")
+    _registered[name] = fn
+
+
+def set_backend(name: str) -> None:
+    """'auto' (default), 'eager', 'compiled', or a name given to `register_backend`."""
+    global _choice
+    if name not in ("auto", "eager", "compiled", *_registered):
+        raise ValueError(f"unknown PLADIS backend {name!r}; choose from {['auto', 'eager', 'compiled', *_registered]}")
+    _choice = name
+
+
+def get_backend() -> str:
+    return _choice
+
+
+def registered_kernel() -> Callable | None:
+    return _registered.get(_choice)
+
+
+class Fusable:
+    """A pure function of a (rows, n) tensor, run eagerly or compiled once (rows dynamic, n static)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self._compiled: Callable | None = None
+
+    def _wants_compiled(self, rows: torch.Tensor) -> bool:
+        if _choice == "compiled":
+            return True
+        if _choice == "eager":
+            return False
+        # auto: autograd through a compiled graph is slow to build, so keep grads eager
+        return not (rows.requires_grad and torch.is_grad_enabled()) and rows.device.type not in _compile_failed
+
+    def __call__(self, rows: torch.Tensor, *args):
+        if not self._wants_compiled(rows):
+            return self.fn(rows, *args)
+        if self._compiled is None:
+            self._compiled = torch.compile(self.fn, dynamic=False)
+        torch._dynamo.mark_dynamic(rows, 0)
+        try:
+            return self._compiled(rows, *args)
+        except Exception as err:
+            if _choice == "compiled":
+                raise
+            _compile_failed.add(rows.device.type)
+            logger.warning("pladis: torch.compile failed on %s (%s); using eager kernels", rows.device.type, err)
+            return self.fn(rows, *args)

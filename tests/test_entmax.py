@@ -1,0 +1,192 @@
+import itertools
+import math
+import sys
+
+import pytest
+import torch
+
+import pladis
+from pladis.entmax import solve_threshold
+
+ALPHAS = [1.0, 1.1, 1.25, 1.5, 1.75, 2.0]
+
+
+def brute_force_entmax(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """float64 reference by enumerating every support size of the sorted row (no Newton, no bisection)."""
+    x = x.double()
+    if alpha == 1.0:
+        return torch.softmax(x, -1)
+    k = 1.0 / (alpha - 1.0)
+    out = torch.zeros_like(x)
+    for r, row in enumerate(x.reshape(-1, x.shape[-1])):
+        z = (alpha - 1.0) * row
+        z_sorted = z[torch.isfinite(z)].sort(descending=True).values
+        for size in range(1, len(z_sorted) + 1):
+            top = z_sorted[:size]
+            # root of sum (top - tau)^k = 1 with every top entry above tau; bisection on a bracket is exact enough
+            lo, hi = top.min().item() - 1.0, top.min().item()
+            if ((top - hi).clamp_min(0) ** k).sum() > 1:
+                continue
+            for _ in range(64):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if ((top - mid) ** k).sum() > 1 else (lo, mid)
+            tau = (lo + hi) / 2
+            if size == len(z_sorted) or z_sorted[size] <= tau:
+                out.view(-1, x.shape[-1])[r] = (z - tau).clamp_min(0) ** k
+                break
+    return out / out.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+@pytest.mark.parametrize("spread", [0.1, 1.0, 10.0])
+def test_matches_brute_force(alpha, spread):
+    torch.manual_seed(0)
+    x = torch.randn(24, 13, dtype=torch.float64) * spread
+    assert torch.allclose(pladis.entmax(x, alpha), brute_force_entmax(x, alpha), atol=1e-10, rtol=0)
+    p32 = pladis.entmax(x.float(), alpha)
+    assert torch.allclose(p32.double(), brute_force_entmax(x, alpha), atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 1.25])
+def test_matches_entmax_package(alpha):
+    entmax_pkg = pytest.importorskip("entmax")
+    torch.manual_seed(1)
+    x = torch.randn(512, 77, dtype=torch.float64) * 3
+    if alpha == 1.5:
+        ref = entmax_pkg.entmax15(x, dim=-1)
+    elif alpha == 2.0:
+        ref = entmax_pkg.sparsemax(x, dim=-1)
+    else:
+        ref = entmax_pkg.entmax_bisect(x, alpha=alpha, dim=-1, n_iter=100)
+    assert torch.allclose(pladis.entmax(x, alpha), ref, atol=1e-9)
+
+
+def test_special_cases_are_softmax_and_sparsemax():
+    x = torch.randn(8, 30)
+    assert torch.allclose(pladis.entmax(x, 1.0), torch.softmax(x, -1), atol=1e-7)
+    assert torch.equal(pladis.sparsemax(x), pladis.entmax(x, 2.0))
+    assert torch.equal(pladis.entmax15(x), pladis.entmax(x, 1.5))
+
+
+@pytest.mark.parametrize("alpha", ALPHAS[1:])
+def test_sparsity_grows_with_alpha_and_sums_to_one(alpha):
+    torch.manual_seed(2)
+    x = torch.randn(1000, 77) * 4
+    p = pladis.entmax(x, alpha)
+    assert (p >= 0).all()
+    assert (p.sum(-1) - 1).abs().max() < 1e-5
+    assert (p == 0).any(-1).float().mean() > 0.5  # sparse rows
+    # the arg-max keeps the largest probability
+    assert torch.equal(p.argmax(-1), x.argmax(-1))
+
+
+def test_more_sparse_as_alpha_grows():
+    torch.manual_seed(3)
+    x = torch.randn(2000, 77) * 2
+    zeros = [(pladis.entmax(x, a) == 0).float().mean().item() for a in (1.25, 1.5, 1.75, 2.0)]
+    assert zeros == sorted(zeros) and zeros[0] < zeros[-1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("alpha", [1.5, 1.25, 2.0])
+def test_low_precision_inputs_computed_in_fp32(dtype, alpha):
+    torch.manual_seed(4)
+    x = (torch.randn(256, 77) * 5).to(dtype)
+    p = pladis.entmax(x, alpha)
+    assert p.dtype == dtype
+    exact = pladis.entmax(x.float(), alpha)
+    assert (exact.sum(-1) - 1).abs().max() < 1e-5
+    assert torch.allclose(p.float(), exact, atol=torch.finfo(dtype).eps, rtol=torch.finfo(dtype).eps * 2)
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
+def test_masks_give_exact_zeros_and_empty_rows_give_zeros(alpha):
+    torch.manual_seed(5)
+    x = torch.randn(6, 10)
+    x[0, :3] = -math.inf
+    x[1] = -math.inf
+    p = pladis.entmax(x, alpha)
+    assert not p.isnan().any()
+    assert torch.equal(p[1], torch.zeros(10))
+    assert torch.equal(p[0, :3], torch.zeros(3))
+    assert torch.allclose(p[0, 3:], pladis.entmax(x[0, 3:], alpha), atol=1e-7)
+    mask = torch.ones(6, 10, dtype=torch.bool)
+    mask[2, 5:] = False
+    mask[3] = False
+    q = pladis.entmax(torch.randn(6, 10), alpha, mask=mask)
+    assert torch.equal(q[3], torch.zeros(10)) and (q[2, 5:] == 0).all()
+    assert abs(q[2].sum().item() - 1) < 1e-6
+
+
+def test_any_leading_shape_and_dim():
+    torch.manual_seed(6)
+    x = torch.randn(2, 3, 7, 11)
+    p = pladis.entmax(x, 1.5, dim=1)
+    ref = pladis.entmax(x.movedim(1, -1), 1.5).movedim(-1, 1)
+    assert torch.equal(p, ref)
+    assert torch.allclose(p.sum(1), torch.ones(2, 7, 11), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.5, 2.5, float("nan"), -1, "x", None])
+def test_bad_alpha(bad):
+    with pytest.raises(ValueError, match="alpha"):
+        pladis.entmax(torch.randn(3, 4), bad)
+
+
+def test_integer_input_and_bad_mask():
+    with pytest.raises(TypeError):
+        pladis.entmax(torch.ones(3, 4, dtype=torch.long))
+    with pytest.raises(TypeError, match="boolean"):
+        pladis.entmax(torch.randn(3, 4), mask=torch.ones(3, 4))
+
+
+@pytest.mark.parametrize("alpha", [1.0, 1.3, 1.5, 2.0])
+def test_gradcheck(alpha):
+    torch.manual_seed(7)
+    x = (torch.randn(4, 9, dtype=torch.float64) * 2).requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: pladis.entmax(t, alpha), (x,), eps=1e-6, atol=1e-5)
+
+
+def test_gradient_of_masked_rows_is_zero():
+    x = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    mask = torch.tensor([[True] * 5, [False] * 5])
+    pladis.entmax(x, 1.5, mask=mask)[:, 0].sum().backward()
+    assert torch.equal(x.grad[1], torch.zeros(5, dtype=torch.float64))
+    assert not x.grad.isnan().any()
+
+
+def test_rows_failing_verification_are_solved_exactly():
+    # ties at the support boundary and near-uniform rows are the hard cases for a fixed number of Newton steps
+    rows = [torch.full((77,), 0.3), torch.linspace(0, 1e-3, 77), torch.tensor([1.0, 1.0] + [0.0] * 75)]
+    x = torch.stack(rows + [torch.randn(77) * 0.01 for _ in range(5)])
+    for alpha in (1.5, 2.0, 1.2):
+        p = pladis.entmax(x, alpha)
+        assert torch.allclose(p.double(), brute_force_entmax(x, alpha), atol=2e-6)
+
+
+def test_unverified_rows_take_the_float64_fallback(monkeypatch):
+    module = sys.modules["pladis.entmax"]  # the module; `pladis.entmax` is the function
+
+    torch.manual_seed(8)
+    x = torch.randn(64, 20) * 0.2
+    expected = brute_force_entmax(x, 1.5)
+    calls = []
+    original = module.exact_threshold_float64
+    monkeypatch.setattr(module, "exact_threshold_float64", lambda *a, **k: calls.append(1) or original(*a, **k))
+    monkeypatch.setattr(module, "solve_threshold", lambda z, k: original_solve(z, k, steps=0))
+    p = module.entmax_rows(x, 1.5)
+    assert calls, "the exact fallback should have run"
+    assert torch.allclose(p.double(), expected, atol=2e-6)
+
+
+original_solve = solve_threshold
+
+
+@pytest.mark.parametrize("alpha,spread", list(itertools.product([1.5, 1.25], [0.05, 50.0])))
+def test_extreme_spreads(alpha, spread):
+    torch.manual_seed(9)
+    x = torch.randn(128, 77) * spread
+    p = pladis.entmax(x, alpha)
+    assert (p.sum(-1) - 1).abs().max() < 1e-5
+    ref = brute_force_entmax(x[:16], alpha)
+    assert torch.allclose(p[:16].double(), ref, atol=2e-6)
