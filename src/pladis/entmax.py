@@ -55,18 +55,35 @@ def shifted_logits(scores: torch.Tensor, alpha: float) -> torch.Tensor:
     return (scores - top) * (alpha - 1.0)
 
 
-def _newton_step(z: torch.Tensor, tau: torch.Tensor, k: float) -> torch.Tensor:
+def _power(d: torch.Tensor, exponent: float) -> torch.Tensor:
+    """d ** exponent; small integer exponents (alpha = 1.25 gives 3 and 4) as products, cheaper than pow."""
+    if exponent.is_integer() and 1 <= exponent <= 8:
+        out = d
+        for _ in range(int(exponent) - 1):
+            out = out * d
+        return out
+    return d.pow(exponent)
+
+
+def _sums(z: torch.Tensor, tau: torch.Tensor, k: float):
+    """One pass over each row: d = (z - tau)_+, then sum d^k and sum d^(k-1) (the slope without its factor k)."""
     d = (z - tau).clamp_min(0)
     if k == 1.0:
-        f = d.sum(-1, keepdim=True) - 1
-        slope = (d > 0).sum(-1, keepdim=True).to(z.dtype)
-    elif k == 2.0:
-        f = (d * d).sum(-1, keepdim=True) - 1
-        slope = 2 * d.sum(-1, keepdim=True)
-    else:
-        f = d.pow(k).sum(-1, keepdim=True) - 1
-        slope = k * d.pow(k - 1).sum(-1, keepdim=True)
-    return torch.where(slope > 0, f / slope, 0.0)  # a row with no support (fully masked) stays put
+        return d.sum(-1, keepdim=True), (d > 0).to(z.dtype).sum(-1, keepdim=True)
+    if k == 2.0:
+        return (d * d).sum(-1, keepdim=True), d.sum(-1, keepdim=True)
+    lower = _power(d, k - 1)
+    return (lower * d).sum(-1, keepdim=True), lower.sum(-1, keepdim=True)
+
+
+def _support_size(z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
+    return (z > tau).to(z.dtype).sum(-1, keepdim=True)
+
+
+def _newton_step(z: torch.Tensor, tau: torch.Tensor, k: float) -> torch.Tensor:
+    mass, slope = _sums(z, tau, k)
+    slope = k * slope
+    return torch.where(slope > 0, (mass - 1) / slope, 0.0)  # a row with no support (fully masked) stays put
 
 
 def initial_threshold(z: torch.Tensor, k: float) -> torch.Tensor:
@@ -75,36 +92,37 @@ def initial_threshold(z: torch.Tensor, k: float) -> torch.Tensor:
     return torch.maximum(z.mean(-1, keepdim=True) - n ** (-1.0 / k), torch.full_like(z[..., :1], -1.0))
 
 
-def closed_form_threshold(z: torch.Tensor, support: torch.Tensor, k: float) -> torch.Tensor:
-    """The exact root of sum_{support} (z - tau)^k = 1 for k in {1, 2}; support is a 0/1 float mask."""
-    n = support.sum(-1, keepdim=True).clamp_min(1)
-    inside = support > 0
-    mean = torch.where(inside, z, 0.0).sum(-1, keepdim=True) / n
+def closed_form_step(mass: torch.Tensor, first: torch.Tensor, size: torch.Tensor, k: float) -> torch.Tensor:
+    """Exact delta with sum_S (d - delta)^k = 1 on a fixed support S, from the sums of d^k, d and |S| (k in {1, 2}).
+
+    For k = 2 this is the smaller root of |S| delta^2 - 2 delta sum(d) + sum(d^2) - 1, written without cancellation.
+    """
+    size = size.clamp_min(1)
     if k == 1.0:
-        return mean - 1 / n
-    centred = torch.where(inside, z - mean, 0.0)
-    var = (centred * centred).sum(-1, keepdim=True) / n
-    return mean - (1 / n - var).clamp_min(0).sqrt()
+        return (mass - 1) / size
+    root = (first * first - size * (mass - 1)).clamp_min(0).sqrt()
+    return (mass - 1) / (first + root).clamp_min(torch.finfo(mass.dtype).tiny)
 
 
 def solve_threshold(z: torch.Tensor, k: float, steps: int = NEWTON_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
     """Threshold for each row of z and a flag telling whether it is verified exact (to the dtype's precision)."""
     tau = initial_threshold(z, k)
-    for _ in range(steps):
+    for _ in range(steps - 1):
         tau = tau + _newton_step(z, tau, k)
+    mass, first = _sums(z, tau, k)
     if k in (1.0, 2.0):
-        support = (z > tau).to(z.dtype)
-        exact = closed_form_threshold(z, support, k)
-        mismatches = ((z > exact).to(z.dtype) - support).abs().sum(-1, keepdim=True)
-        return exact, mismatches == 0
-    step = _newton_step(z, tau, k)
+        # exact on the support found so far; right when no entry of that support falls below the new threshold
+        size = _support_size(z, tau)
+        exact = tau + closed_form_step(mass, first, size, k)
+        return exact, (_support_size(z, exact) == size) | (size == 0)
+    step = torch.where(first > 0, (mass - 1) / (k * first), 0.0)
     ok = step.abs() <= 4 * torch.finfo(z.dtype).eps * tau.abs().clamp_min(1)
     return tau + step, ok
 
 
 def probabilities(z: torch.Tensor, tau: torch.Tensor, k: float) -> torch.Tensor:
     d = (z - tau).clamp_min(0)
-    p = d if k == 1.0 else d * d if k == 2.0 else d.pow(k)
+    p = _power(d, k)
     total = p.sum(-1, keepdim=True)
     return p / torch.where(total > 0, total, torch.ones_like(total))
 
@@ -119,7 +137,7 @@ def exact_threshold_float64(z: torch.Tensor, k: float, max_steps: int = 200) -> 
         if bool((step <= 1e-15 * tau.abs().clamp_min(1)).all()):
             break
     if k in (1.0, 2.0):
-        tau = closed_form_threshold(z, (z > tau).to(z.dtype), k)
+        tau = tau + closed_form_step(*_sums(z, tau, k), _support_size(z, tau), k)
     return tau
 
 
