@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -65,18 +66,27 @@ def _select(names: list[str], layers: Sequence[str] | None) -> set[str]:
     return chosen
 
 
-def _timestep_index(model: torch.nn.Module) -> int | None:
+def _input_position(model: torch.nn.Module, name: str) -> int | None:
     params = list(inspect.signature(model.forward).parameters)
-    return params.index("timestep") if "timestep" in params else None
+    return params.index(name) if name in params else None
 
 
-def _timestep_hook(settings: Settings, position: int | None):
+def _forward_inputs_hook(settings: Settings, model: torch.nn.Module):
+    """Records the denoiser's timestep (for the window) and text length (for joint attention) on each forward."""
+    t_position = _input_position(model, "timestep")
+    text_position = _input_position(model, "encoder_hidden_states")
+
+    def argument(args, kwargs, name, position):
+        if name in kwargs:
+            return kwargs[name]
+        return args[position] if position is not None and len(args) > position else None
+
     def record(module, args, kwargs):
-        t = kwargs.get("timestep")
-        if t is None and position is not None and len(args) > position:
-            t = args[position]
+        t = argument(args, kwargs, "timestep", t_position)
         if t is not None:
             settings.timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
+        text = argument(args, kwargs, "encoder_hidden_states", text_position)
+        settings.text_length = int(text.shape[1]) if torch.is_tensor(text) and text.dim() == 3 else None
 
     return record
 
@@ -163,19 +173,27 @@ def apply(
         temperature=check_temperature(temperature),
         timesteps=_check_timesteps(timesteps),
     )
+    previous = _patched(target)
+    for module, processor in previous:  # find targets on the original processors
+        module.set_processor(processor.original)
+    try:
+        found = [
+            (component, name, module, attend)
+            for component, model in _models(target)
+            for name, module, attend in find_targets(model, settings)
+        ]
+        if not found:
+            raise ValueError(
+                f"no cross-attention found in {type(target).__name__}: PLADIS changes the attention from image to "
+                "text tokens, so pass a text-conditioned pipeline or its denoiser (pipe.unet, pipe.transformer)"
+            )
+        qualified = [f"{c}.{n}" if c else n for c, n, _, _ in found]
+        chosen = _select(qualified, layers)
+    except Exception:
+        for module, processor in previous:  # a failed apply leaves the previous application in place
+            module.set_processor(processor)
+        raise
     remove(target)
-    found = [
-        (component, name, module, attend)
-        for component, model in _models(target)
-        for name, module, attend in find_targets(model, settings)
-    ]
-    if not found:
-        raise ValueError(
-            f"no cross-attention found in {type(target).__name__}: PLADIS changes the attention from image to text "
-            "tokens, so pass a text-conditioned pipeline or its denoiser (pipe.unet, pipe.transformer)"
-        )
-    qualified = [f"{c}.{n}" if c else n for c, n, _, _ in found]
-    chosen = _select(qualified, layers)
     hooks, hooked = [], set()
     for (component, name, module, attend), full_name in zip(found, qualified):
         if full_name not in chosen:
@@ -184,12 +202,28 @@ def apply(
         if component not in hooked:
             hooked.add(component)
             model = dict(_models(target))[component]
-            hooks.append(model.register_forward_pre_hook(_timestep_hook(settings, _timestep_index(model)), with_kwargs=True))
+            hooks.append(model.register_forward_pre_hook(_forward_inputs_hook(settings, model), with_kwargs=True))
+    _warn_weighted_processors([n for (_, _, m, _), n in zip(found, qualified) if n in chosen and _has_weights(m.processor)])
     handle = Pladis(target, settings, hooks)
     for _, model in _models(target):
         if any(isinstance(m, PladisProcessor) for m in model.modules()):
             model._pladis = handle
     return handle
+
+
+def _has_weights(processor: PladisProcessor) -> bool:
+    return isinstance(processor.original, torch.nn.Module) and any(True for _ in processor.original.parameters())
+
+
+def _warn_weighted_processors(names: list[str]) -> None:
+    if names:
+        warnings.warn(
+            f"pladis: {len(names)} cross-attention processors carry their own weights (IP-Adapter), e.g. {names[0]}. "
+            "PLADIS wraps them, so while it is applied diffusers' set_ip_adapter_scale / unload_ip_adapter do not "
+            "see them and their state_dict keys gain '.original'. Set the IP-Adapter scale before pladis.apply, or "
+            "pladis.remove first.",
+            stacklevel=3,
+        )
 
 
 def _patched(target) -> list[tuple[torch.nn.Module, PladisProcessor]]:
