@@ -71,7 +71,7 @@ def pladis_weights(scores: torch.Tensor, scale: float = 2.0, alpha: float = 1.5,
     """The PLADIS attention map over the last dim of `scores` (masked entries at -inf), in float32/float64."""
     scale, alpha, temperature = check_scale(scale), check_alpha(alpha), check_temperature(temperature)
     scores = scores.to(compute_dtype(scores.dtype))
-    return _mixed(scores, torch.tensor(scale, dtype=scores.dtype, device=scores.device), alpha, temperature)
+    return _mixed(scores, torch.tensor(scale, dtype=scores.dtype), alpha, temperature)
 
 
 def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -123,7 +123,7 @@ def pladis_attention(
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
     dtype = compute_dtype(query.dtype)
-    lam = torch.tensor(scale, dtype=dtype, device=query.device)
+    lam = torch.tensor(scale, dtype=dtype)  # a CPU scalar: no host-to-device copy (a stream sync) per call
     keys_t = key.to(dtype).transpose(-1, -2)
     outputs = []
     for q, mask in query_chunks(query, key, attn_mask, max_score_elements):

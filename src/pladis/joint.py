@@ -71,7 +71,7 @@ def joint_weights(
     weights = dense.clone()
     if stop == start:
         return weights
-    lam = torch.tensor(scale, dtype=scores.dtype, device=scores.device)
+    lam = torch.tensor(scale, dtype=scores.dtype)  # CPU scalar: no per-call host-to-device copy
     for a, b in image_row_ranges(start, stop, scores.shape[-2]):
         mass = dense[..., a:b, start:stop].sum(-1, keepdim=True)
         weights[..., a:b, start:stop] = mass * _mixed(scores[..., a:b, start:stop], lam, alpha, temperature)
@@ -112,7 +112,7 @@ def pladis_joint_attention(
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
     dtype = compute_dtype(query.dtype)
-    lam = torch.tensor(scale, dtype=dtype, device=query.device)
+    lam = torch.tensor(scale, dtype=dtype)  # CPU scalar: no per-call host-to-device copy
     text_mask = attn_mask[..., start:stop] if attn_mask is not None and attn_mask.shape[-1] > 1 else attn_mask
     keys_text = key[..., start:stop, :].to(dtype).transpose(-1, -2)
     value_text = value[..., start:stop, :].to(dtype)
