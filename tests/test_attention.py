@@ -135,3 +135,18 @@ def test_bad_arguments(kwargs, match):
     q, k, v = qkv()
     with pytest.raises(ValueError, match=match):
         pladis_attention(q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("value,ok", [("eager", True), ("bogus", False)])
+def test_backend_from_environment(value, ok):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PLADIS_BACKEND": value}
+    result = subprocess.run([sys.executable, "-c", "import pladis; print(pladis.get_backend())"], env=env,
+                            capture_output=True, text=True)
+    if ok:
+        assert result.returncode == 0 and result.stdout.strip() == value
+    else:
+        assert result.returncode != 0 and "PLADIS_BACKEND='bogus'" in result.stderr

@@ -1,18 +1,19 @@
 """How the row-wise maths run: eagerly, fused by torch.compile (inductor: C++ on CPU, Triton on GPU), or by a
-registered kernel. One process-wide choice, `set_backend`; "auto" fuses where a compiler works and otherwise
+registered kernel. One process-wide choice, `set_backend` (or the PLADIS_BACKEND environment variable); "auto" fuses where a compiler works and otherwise
 falls back to the eager code, which computes the same numbers.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-_choice = "auto"
+_choice = os.environ.get("PLADIS_BACKEND", "auto")
 _registered: dict[str, Callable] = {}
 _compile_failed: set[str] = set()
 
@@ -34,6 +35,10 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     return _choice
+
+
+if _choice not in ("auto", "eager", "compiled"):
+    raise ValueError(f"PLADIS_BACKEND={_choice!r}: use auto, eager or compiled (register other kernels in code)")
 
 
 def registered_kernel() -> Callable | None:

@@ -63,8 +63,14 @@ def demo(
         rep = [p for p in prompts for _ in range(samples)]
         seeds = [seed + i for i in range(len(rep))]
         stock = generate(pipe, rep, seeds, steps, cfg, batch_size=64)
-        with pladis.apply(pipe, scale=scale, alpha=alpha):
-            plad = generate(pipe, rep, seeds, steps, cfg, batch_size=64)
+        backend = pladis.get_backend()
+        if backend == "auto":  # a run of seconds: compiling the fused kernel would cost more than it saves
+            pladis.set_backend("eager")
+        try:
+            with pladis.apply(pipe, scale=scale, alpha=alpha):
+                plad = generate(pipe, rep, seeds, steps, cfg, batch_size=64)
+        finally:
+            pladis.set_backend(backend)
 
         def to_pil(x):
             a = (x.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
