@@ -3,13 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
+TORCH_ARGS ?=  # e.g. --index-url https://download.pytorch.org/whl/cpu for the CPU wheel from PyPI's CUDA default
 
 .PHONY: venv demo test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q $(TORCH_PIN)
+	$(PY) -m pip install -q $(TORCH_ARGS) $(TORCH_PIN)
 	$(PY) -m pip install -q -e ".[test]"
 	touch $@
 

@@ -150,3 +150,12 @@ def test_backend_from_environment(value, ok):
         assert result.returncode == 0 and result.stdout.strip() == value
     else:
         assert result.returncode != 0 and "PLADIS_BACKEND='bogus'" in result.stderr
+
+
+def test_inside_a_compiled_model():
+    """Users compile their denoiser: PLADIS inside it must trace, with the default backend too."""
+    pladis.set_backend("auto")
+    q, k, v = qkv(lq=16)
+    out = torch.compile(lambda q, k, v: pladis_attention(q, k, v, scale=2.0))(q, k, v)
+    pladis.set_backend("eager")
+    assert torch.allclose(out, pladis_attention(q, k, v, scale=2.0), atol=1e-5)

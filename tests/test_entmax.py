@@ -190,3 +190,8 @@ def test_extreme_spreads(alpha, spread):
     assert (p.sum(-1) - 1).abs().max() < 1e-5
     ref = brute_force_entmax(x[:16], alpha)
     assert torch.allclose(p[:16].double(), ref, atol=2e-6)
+
+
+def test_empty_input():
+    for shape in [(3, 0), (0, 5)]:
+        assert pladis.entmax(torch.empty(shape), 1.5).shape == shape

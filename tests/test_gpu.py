@@ -33,11 +33,13 @@ def test_half_precision_pipelines(build, dtype):
 def test_compiled_and_eager_agree_on_gpu(dtype):
     g = torch.Generator("cuda").manual_seed(0)
     q, k, v = (torch.randn(2, 8, n, 64, device="cuda", generator=g).to(dtype) for n in (512, 77, 77))
-    results = {}
-    for backend in ("eager", "compiled"):
-        pladis.set_backend(backend)
-        results[backend] = pladis_attention(q, k, v, scale=2.0, alpha=1.5).float()
-    pladis.set_backend("auto")
+    results, before = {}, pladis.get_backend()
+    try:
+        for backend in ("eager", "compiled"):
+            pladis.set_backend(backend)
+            results[backend] = pladis_attention(q, k, v, scale=2.0, alpha=1.5).float()
+    finally:
+        pladis.set_backend(before)
     reference = pladis_attention(q.double(), k.double(), v.double(), scale=2.0, alpha=1.5)
     tolerance = 4 * torch.finfo(dtype).eps * reference.abs().max().item()
     for out in results.values():

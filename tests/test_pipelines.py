@@ -604,3 +604,34 @@ def test_foreign_cross_attention_processor_keeps_working(kind):
     pladis.remove(pipe)
     _assert_restored(pipe, snapshot)
     _assert_same(run(), stock)
+
+
+@sd15_only
+def test_a_replaced_handle_refuses_changes(prepared):
+    old = pladis.apply(prepared.pipe, scale=2.0)
+    new = pladis.apply(prepared.pipe, scale=2.0, alpha=2.0)
+    with pytest.raises(RuntimeError, match="no longer drives"):
+        old.scale = 0.0
+    new.scale = 0.0  # the live handle works
+    _assert_same(_generate(prepared.pipe, prepared.case)[0], prepared.stock)
+
+
+def test_reapplying_to_one_component_leaves_the_others_working():
+    pipe = tiny.tiny_sdxl_controlnet_pipeline("euler")
+    pladis.apply(pipe, scale=2.0, timesteps=(0, 1000))
+    pladis.apply(pipe.unet, scale=1.0)
+    # the controlnet keeps its PLADIS and the hook that feeds its timestep window
+    assert pladis.is_applied(pipe.controlnet) and "_pladis_hook" in pipe.controlnet.__dict__
+    assert "_pladis_hook" in pipe.unet.__dict__
+    pladis.remove(pipe)
+    assert not pladis.is_applied(pipe)
+    assert all("_pladis_hook" not in m.__dict__ for m in (pipe.unet, pipe.controlnet))
+    assert all(not m._forward_pre_hooks for m in (pipe.unet, pipe.controlnet))
+
+
+def test_timestep_window_needs_the_denoiser_forward():
+    pipe = tiny.tiny_sd15_pipeline("ddim")
+    pladis.apply(pipe, scale=2.0, timesteps=(0, 500))
+    attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn2
+    with pytest.raises(RuntimeError, match="timestep was not seen"):
+        attn(torch.randn(1, 16, attn.query_dim), encoder_hidden_states=torch.randn(1, 77, attn.cross_attention_dim))

@@ -49,8 +49,14 @@ class Settings:
     def active(self) -> bool:
         if self.scale == 0:
             return False
-        if self.timesteps is None or self.timestep is None:
+        if self.timesteps is None:
             return True
+        if self.timestep is None:
+            raise RuntimeError(
+                "pladis: a timesteps window was given but the denoiser's timestep was not seen (its forward takes "
+                "no `timestep` argument, or the attention ran outside it); apply PLADIS to the pipeline or its "
+                "denoiser, or drop timesteps=..."
+            )
         low, high = self.timesteps
         return low <= self.timestep <= high
 
@@ -251,12 +257,13 @@ class PladisProcessor(torch.nn.Module):
         value = attn.to_v(encoder_hidden_states)
         head_dim = key.shape[-1] // attn.heads
         query, key, value = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
-        if attn.norm_q is not None:
+        classic = type(self.original).__name__ == "AttnProcessor"
+        if attn.norm_q is not None and not classic:  # the classic processor applies no QK norms
             query = attn.norm_q(query)
-        if attn.norm_k is not None:
+        if attn.norm_k is not None and not classic:
             key = attn.norm_k(key)
         # AttnProcessor2_0 leaves attn.scale to SDPA's default; the classic AttnProcessor uses it
-        softmax_scale = attn.scale if type(self.original).__name__ == "AttnProcessor" else None
+        softmax_scale = attn.scale if classic else None
         hidden_states = self.attend(query, key, value, attn_mask=attention_mask, scale=softmax_scale)
         hidden_states = hidden_states.transpose(1, 2).reshape(batch, -1, attn.heads * head_dim).to(query.dtype)
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))

@@ -67,7 +67,7 @@ def _select(names: list[str], layers: Sequence[str] | None) -> set[str]:
 
 
 def _input_position(model: torch.nn.Module, name: str) -> int | None:
-    params = list(inspect.signature(model.forward).parameters)
+    params = list(inspect.signature(getattr(model, "_orig_mod", model).forward).parameters)  # through torch.compile
     return params.index(name) if name in params else None
 
 
@@ -82,8 +82,8 @@ def _forward_inputs_hook(settings: Settings, model: torch.nn.Module):
         return args[position] if position is not None and len(args) > position else None
 
     def record(module, args, kwargs):
-        t = argument(args, kwargs, "timestep", t_position)
-        if t is not None:
+        t = argument(args, kwargs, "timestep", t_position) if settings.timesteps is not None else None
+        if t is not None:  # read only for a window: on a GPU this is a sync
             settings.timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
         text = argument(args, kwargs, "encoder_hidden_states", text_position)
         settings.text_length = int(text.shape[1]) if torch.is_tensor(text) and text.dim() == 3 else None
@@ -97,10 +97,18 @@ class Pladis:
     `handle(prompt, pladis_scale=3.0, **kwargs)` runs the pipeline at that scale for this call only.
     """
 
-    def __init__(self, target, settings: Settings, hooks: list):
+    def __init__(self, target, settings: Settings):
         self.target = target
         self.settings = settings
-        self._hooks = hooks
+
+    def _live_settings(self) -> Settings:
+        """The settings, if some module still runs with them; else this handle was removed or replaced."""
+        if not any(p.settings is self.settings for _, p in _patched(self.target)):
+            raise RuntimeError(
+                "this PLADIS handle no longer drives any module: it was removed, or replaced by a later "
+                "pladis.apply; use the handle that the last pladis.apply returned (or pladis.set_scale(pipe, ...))"
+            )
+        return self.settings
 
     @property
     def scale(self) -> float:
@@ -108,7 +116,7 @@ class Pladis:
 
     @scale.setter
     def scale(self, value: float) -> None:
-        self.settings.scale = check_scale(value)
+        self._live_settings().scale = check_scale(value)
 
     @property
     def alpha(self) -> float:
@@ -116,7 +124,7 @@ class Pladis:
 
     @alpha.setter
     def alpha(self, value: float) -> None:
-        self.settings.alpha = check_alpha(value)
+        self._live_settings().alpha = check_alpha(value)
 
     @property
     def temperature(self) -> float:
@@ -124,7 +132,7 @@ class Pladis:
 
     @temperature.setter
     def temperature(self, value: float) -> None:
-        self.settings.temperature = check_temperature(value)
+        self._live_settings().temperature = check_temperature(value)
 
     def remove(self) -> int:
         return remove(self.target)
@@ -194,7 +202,7 @@ def apply(
             module.set_processor(processor)
         raise
     remove(target)
-    hooks, hooked = [], set()
+    hooked = set()
     for (component, name, module, attend), full_name in zip(found, qualified):
         if full_name not in chosen:
             continue
@@ -202,13 +210,10 @@ def apply(
         if component not in hooked:
             hooked.add(component)
             model = dict(_models(target))[component]
-            hooks.append(model.register_forward_pre_hook(_forward_inputs_hook(settings, model), with_kwargs=True))
+            hook = model.register_forward_pre_hook(_forward_inputs_hook(settings, model), with_kwargs=True)
+            model.__dict__["_pladis_hook"] = hook  # removed with this model's processors by `remove`
     _warn_weighted_processors([n for (_, _, m, _), n in zip(found, qualified) if n in chosen and _has_weights(m.processor)])
-    handle = Pladis(target, settings, hooks)
-    for _, model in _models(target):
-        if any(isinstance(m, PladisProcessor) for m in model.modules()):
-            model._pladis = handle
-    return handle
+    return Pladis(target, settings)
 
 
 def _has_weights(processor: PladisProcessor) -> bool:
@@ -241,11 +246,9 @@ def remove(target) -> int:
     for module, processor in patched:
         module.set_processor(processor.original)
     for _, model in _models(target):
-        handle = model.__dict__.pop("_pladis", None)
-        if handle is not None:
-            for hook in handle._hooks:
-                hook.remove()
-            handle._hooks.clear()
+        hook = model.__dict__.pop("_pladis_hook", None)
+        if hook is not None:
+            hook.remove()
     return len(patched)
 
 

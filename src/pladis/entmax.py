@@ -155,17 +155,12 @@ _fused_solve_rows = Fusable(solve_rows)
 
 
 def exact_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """entmax of rows without the fused kernel, every row exact (float64 fallback where unverified)."""
+    """entmax of rows through the float64 solve, for the rows whose fast solve did not verify."""
     if alpha == 1.0:
         return masked_softmax(x)
     k = 1.0 / (alpha - 1.0)
     z = shifted_logits(x, alpha)
-    tau, ok = solve_threshold(z, k)
-    bad = ~ok.squeeze(-1)
-    if bool(bad.any()):
-        tau = tau.clone()
-        tau[bad] = exact_threshold_float64(z[bad], k).to(z.dtype)
-    return probabilities(z, tau, k)
+    return probabilities(z, exact_threshold_float64(z, k).to(z.dtype), k)
 
 
 def entmax_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -221,6 +216,8 @@ def entmax(x: torch.Tensor, alpha: float = 1.5, dim: int = -1, mask: torch.Tenso
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a boolean tensor (True = keep), got {mask.dtype}")
         x = x.masked_fill(~mask, -math.inf)
+    if x.numel() == 0:
+        return x.clone()
     return _Entmax.apply(x, alpha, dim)
 
 

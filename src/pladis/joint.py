@@ -161,6 +161,6 @@ def text_mass(query, key, text: tuple[int, int], attn_mask, first: int, last: in
     that the fast kernels take it)."""
     indicator = torch.zeros(*key.shape[:-1], query.shape[-1], dtype=query.dtype, device=query.device)
     indicator[..., text[0] : text[1], 0] = 1
-    mask = attn_mask[..., first:last, :] if attn_mask is not None and attn_mask.shape[-2] > 1 else attn_mask
+    mask = attn_mask[..., first:last, :] if attn_mask is not None and attn_mask.dim() >= 2 and attn_mask.shape[-2] > 1 else attn_mask
     mass = F.scaled_dot_product_attention(query, key, indicator, attn_mask=mask, scale=softmax_scale)
     return mass[..., :1].to(compute_dtype(query.dtype))

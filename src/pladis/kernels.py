@@ -31,6 +31,7 @@ def set_backend(name: str) -> None:
     if name not in ("auto", "eager", "compiled", *_registered):
         raise ValueError(f"unknown PLADIS backend {name!r}; choose from {['auto', 'eager', 'compiled', *_registered]}")
     _choice = name
+    _compile_failed.clear()  # a new choice tries the compiler again
 
 
 def get_backend() -> str:
@@ -61,12 +62,13 @@ class Fusable:
         return not (rows.requires_grad and torch.is_grad_enabled()) and rows.device.type not in _compile_failed
 
     def __call__(self, rows: torch.Tensor, *args):
-        if not self._wants_compiled(rows):
+        # inside a model the user compiled, the outer torch.compile traces (and fuses) the plain code itself
+        if torch.compiler.is_compiling() or not self._wants_compiled(rows):
             return self.fn(rows, *args)
         if self._compiled is None:
             self._compiled = torch.compile(self.fn, dynamic=False)
-        torch._dynamo.mark_dynamic(rows, 0)
         try:
+            torch._dynamo.mark_dynamic(rows, 0)
             return self._compiled(rows, *args)
         except Exception as err:
             if _choice == "compiled":

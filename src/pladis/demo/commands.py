@@ -21,7 +21,10 @@ DEFAULT_PROMPTS = [
 
 
 def _floats(s: str) -> list[float]:
-    return [float(x) for x in s.replace(" ", "").split(",") if x]
+    try:
+        return [float(x) for x in s.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers such as 0,1,2 — got {s!r}") from None
 
 
 def _device(device: Optional[str]) -> str:
@@ -49,6 +52,7 @@ def demo(
 
     import pladis
 
+    from ..api import check_alpha, check_scale
     from ..cli import reporting_errors
     from ..compare import labelled_grid, save_image
     from .bench import generate
@@ -57,6 +61,7 @@ def demo(
     from .scenes import parse_caption
 
     with reporting_errors():  # one clear line for bad input, no traceback
+        check_scale(scale), check_alpha(alpha)  # before any image is generated
         prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
         t0 = time.time()
         pipe = load_demo_pipeline(weights, device=_device(device))
@@ -114,14 +119,17 @@ def train_demo(
     from .model import WEIGHTS_DIR
     from .train import train
 
-    meta = train(
-        out_dir=str(out), steps=steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, seed=seed,
-        device=device, resume=resume,
-    )
-    if install:
-        for f in (out / "weights").iterdir():
-            shutil.copy(f, WEIGHTS_DIR / f.name)
-        typer.echo(f"installed weights into {WEIGHTS_DIR}")
+    from ..cli import reporting_errors
+
+    with reporting_errors():
+        meta = train(
+            out_dir=str(out), steps=steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, seed=seed,
+            device=device, resume=resume,
+        )
+        if install:
+            for f in (out / "weights").iterdir():
+                shutil.copy(f, WEIGHTS_DIR / f.name)
+            typer.echo(f"installed weights into {WEIGHTS_DIR}")
     typer.echo(json.dumps(meta))
 
 
@@ -138,24 +146,32 @@ def bench_alignment(
     weights: Annotated[Optional[Path], typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
 ) -> None:
     """Score prompt alignment (colour, shape, position, relation, count) of stock vs PLADIS with the exact checker."""
+    from ..api import check_alpha, check_scale
+    from ..cli import reporting_errors
     from .bench import chart, run_benchmark
     from .model import load_demo_pipeline
 
-    pipe = load_demo_pipeline(weights, device=_device(device))
-    out.mkdir(parents=True, exist_ok=True)
-    md = [
-        "# Alignment benchmark (embedded demo model)\n",
-        f"n={n} prompts, {steps} DPM-Solver++ steps, seed={seed}. Each cell: accuracy [95% bootstrap CI]; "
-        "Δ = paired difference vs stock on the same prompts and noise [95% paired-bootstrap CI].\n",
-    ]
-    allres = {}
-    for c in _floats(cfg):
-        res = run_benchmark(pipe, n=n, scales=_floats(scales), alphas=_floats(alphas), cfg=c, steps=steps, seed=seed,
-                            batch_size=batch_size, progress=lambda m, c=c: typer.echo(f"[cfg {c:g}] {m}"))
-        md += [f"\n## cfg = {c:g}\n", res["table"], ""]
-        chart(res["stats"], out / f"alignment_cfg{c:g}.png", f"demo model, n={n}, cfg={c:g}: accuracy, 95% CI")
-        allres[f"cfg={c:g}"] = {k: v for k, v in res.items() if k not in ("table", "samples")}
-    (out / "alignment.md").write_text("\n".join(md) + "\n")
-    (out / "alignment.json").write_text(json.dumps(allres, indent=1))
-    typer.echo("\n".join(md))
-    typer.echo(f"wrote {out}/alignment.md, alignment.json and alignment_cfg*.png")
+    with reporting_errors():  # one clear line for bad input, before any image is generated
+        scale_values, alpha_values, cfg_values = _floats(scales), _floats(alphas), _floats(cfg)
+        for value in scale_values:
+            check_scale(value)
+        for value in alpha_values:
+            check_alpha(value)
+        pipe = load_demo_pipeline(weights, device=_device(device))
+        out.mkdir(parents=True, exist_ok=True)
+        md = [
+            "# Alignment benchmark (embedded demo model)\n",
+            f"n={n} prompts, {steps} DPM-Solver++ steps, seed={seed}. Each cell: accuracy [95% bootstrap CI]; "
+            "Δ = paired difference vs stock on the same prompts and noise [95% paired-bootstrap CI].\n",
+        ]
+        allres = {}
+        for c in cfg_values:
+            res = run_benchmark(pipe, n=n, scales=scale_values, alphas=alpha_values, cfg=c, steps=steps, seed=seed,
+                                batch_size=batch_size, progress=lambda m, c=c: typer.echo(f"[cfg {c:g}] {m}"))
+            md += [f"\n## cfg = {c:g}\n", res["table"], ""]
+            chart(res["stats"], out / f"alignment_cfg{c:g}.png", f"demo model, n={n}, cfg={c:g}: accuracy, 95% CI")
+            allres[f"cfg={c:g}"] = {k: v for k, v in res.items() if k not in ("table", "samples")}
+        (out / "alignment.md").write_text("\n".join(md) + "\n")
+        (out / "alignment.json").write_text(json.dumps(allres, indent=1))
+        typer.echo("\n".join(md))
+        typer.echo(f"wrote {out}/alignment.md, alignment.json and alignment_cfg*.png")
