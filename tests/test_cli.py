@@ -155,6 +155,9 @@ def test_pladis_errors_are_reported_before_any_generation(model_dir, tmp_path, m
         ("--freeu", "0.9,0.2", "invalid --freeu"),
         ("--scale", "-1", "--scale"),
         ("--alpha", "3", "--alpha"),
+        ("--temperature", "0", "--temperature"),
+        ("--timesteps", "5", "invalid --timesteps"),
+        ("--timesteps", "900,100", "LOW must not exceed HIGH"),
     ],
 )
 def test_bad_options_fail_fast_with_one_line(model_dir, tmp_path, option, value, expected):
@@ -166,6 +169,24 @@ def test_bad_options_fail_fast_with_one_line(model_dir, tmp_path, option, value,
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert not (tmp_path / "o.png").exists()
+
+
+def test_ablation_options_reach_pladis(model_dir, tmp_path):
+    # layers limited to a group, a timestep window that covers every step, a temperature: still a PLADIS image
+    path = tmp_path / "cmp.png"
+    result = generate(model_dir, "--layers", "up", "--timesteps", "0,1000", "--temperature", "0.5", "--compare", path)
+    assert result.exit_code == 0, result.output
+    stock, image = panels(path)
+    assert np.abs(stock.astype(int) - image).max() > 0
+    settings = json.loads(Image.open(path).text["pladis:settings"])
+    assert settings["layers"] == ["up"] and settings["timesteps"] == [0.0, 1000.0] and settings["temperature"] == 0.5
+    # a window no timestep falls in gives the stock image
+    empty = tmp_path / "empty.png"
+    assert generate(model_dir, "--timesteps", "2000,3000", "--compare", empty).exit_code == 0
+    stock, image = panels(empty)
+    assert np.array_equal(stock, image)
+    result = generate(model_dir, "--layers", "nope", "--out", tmp_path / "o.png")
+    assert result.exit_code != 0 and "matches no cross-attention module" in result.stderr
 
 
 def test_nothing_to_write_is_an_error(model_dir):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import math
+import os
 import re
 import time
 from enum import Enum
@@ -106,6 +107,23 @@ def parse_size(size: str | None) -> tuple[int, int] | None:
     return width, height
 
 
+def _names(text: str | None) -> list[str] | None:
+    return [s.strip() for s in text.split(",") if s.strip()] if text else None
+
+
+def parse_pair(text: str | None, option: str) -> tuple[float, float] | None:
+    """'LOW,HIGH' -> (low, high), or None."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise CLIError(f"invalid {option} {text!r}: use two numbers LOW,HIGH, e.g. 500,1000", 2) from None
+    if low > high:
+        raise CLIError(f"invalid {option} {text!r}: LOW must not exceed HIGH", 2)
+    return low, high
+
+
 def parse_freeu(freeu: str | None) -> dict[str, float] | None:
     """``"0.9,0.2,1.5,1.6"`` -> ``{"s1": 0.9, "s2": 0.2, "b1": 1.5, "b2": 1.6}``."""
     if freeu is None:
@@ -124,11 +142,14 @@ def parse_freeu(freeu: str | None) -> dict[str, float] | None:
     return dict(zip(("s1", "s2", "b1", "b2"), values))
 
 
-def _check_options(scale: float, alpha: float, steps: int | None, guidance: float | None, seed: int, pag_scale) -> None:
-    from pladis.attention import check_scale
+def _check_options(
+    scale: float, alpha: float, temperature: float, steps: int | None, guidance: float | None, seed: int, pag_scale
+) -> None:
+    from pladis.attention import check_scale, check_temperature
     from pladis.entmax import check_alpha
 
-    for option, check, value in (("--scale", check_scale, scale), ("--alpha", check_alpha, alpha)):
+    checks = (("--scale", check_scale, scale), ("--alpha", check_alpha, alpha), ("--temperature", check_temperature, temperature))
+    for option, check, value in checks:
         try:
             check(value)
         except ValueError as e:
@@ -604,6 +625,13 @@ def generate(
         Optional[int], typer.Option("--max-sequence-length", help="Text length for T5-style encoders (FLUX, SD3, ...).")
     ] = None,
     offload: Annotated[bool, typer.Option(help="Offload idle sub-models to CPU (saves GPU memory).")] = False,
+    pladis_layers: Annotated[
+        Optional[str], typer.Option("--layers", help="PLADIS only in these layer groups or name patterns: down,mid,up or up_blocks.0.*")
+    ] = None,
+    timesteps: Annotated[
+        Optional[str], typer.Option("--timesteps", help="PLADIS only for denoiser timesteps in LOW,HIGH, e.g. 500,1000.")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="Divides the scores of the sparse branch (1 = none).")] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs and full tracebacks.")] = False,
 ) -> None:
     """Generate an image with PLADIS, optionally next to the stock image from the same seed."""
@@ -614,12 +642,14 @@ def generate(
             raise CLIError("missing --model: give a Hub id like 'org/name' or a local diffusers pipeline folder", 2)
         if compare is None and out is None:
             raise CLIError("nothing to write: add --compare out.png (stock | PLADIS) and/or --out pladis.png", 2)
-        _check_options(scale, alpha, steps, guidance, seed, pag_scale)
+        _check_options(scale, alpha, temperature, steps, guidance, seed, pag_scale)
         _check_output(compare, "--compare")
         _check_output(out, "--out")
         width, height = parse_size(size) or (None, None)
         freeu_args = parse_freeu(freeu)
-        layers = [s.strip() for s in pag_layers.split(",") if s.strip()] if pag_layers else None
+        layers = _names(pag_layers)
+        pladis_options = {"layers": _names(pladis_layers), "timesteps": parse_pair(timesteps, "--timesteps"),
+                          "temperature": temperature}
         if layers and not pag_scale:
             raise CLIError("--pag-layers needs --pag-scale (e.g. --pag-scale 3.0)", 2)
 
@@ -638,20 +668,22 @@ def generate(
         for name in ignored:
             _warn(f"{type(pipe).__name__} does not take {name}; ignoring it")
 
-        stock, image = _stock_and_pladis(pipe, call_kwargs, seed, scale, alpha, with_stock=compare is not None)
+        stock, image = _stock_and_pladis(
+            pipe, call_kwargs, seed, scale, alpha, pladis_options, with_stock=compare is not None
+        )
         settings = {
             "model": model, "prompt": prompt, "negative_prompt": negative, "seed": seed,
             "steps": call_default(pipe, "num_inference_steps", steps),
             "guidance": call_default(pipe, "guidance_scale", guidance), "size": f"{image.width}x{image.height}",
             "scale": scale, "alpha": alpha, "scheduler": _scheduler_name(pipe.scheduler), "pag_scale": pag_scale or None,
             "freeu": freeu_args, "lora": lora, "pipeline": type(pipe).__name__, "dtype": dtype_name,
-            "pladis_version": __version__,
+            "pladis_version": __version__, **{k: v for k, v in pladis_options.items() if v not in (None, 1.0)},
         }  # fmt: skip
         settings = {k: v for k, v in settings.items() if v is not None}
         _write_outputs(stock, image, settings, compare=compare, out=out)
 
 
-def _stock_and_pladis(pipe, call_kwargs, seed: int, scale: float, alpha: float, *, with_stock: bool):
+def _stock_and_pladis(pipe, call_kwargs, seed: int, scale: float, alpha: float, options: dict, *, with_stock: bool):
     """The stock image (if asked; generated before PLADIS touches the model) and the PLADIS one, same seed.
 
     PLADIS is removed again at the end, whatever happens.
@@ -659,12 +691,12 @@ def _stock_and_pladis(pipe, call_kwargs, seed: int, scale: float, alpha: float, 
     import pladis
 
     # Apply once up front so that a model PLADIS cannot work on fails before any generation.
-    pladis.apply(pipe, scale=scale, alpha=alpha)
+    pladis.apply(pipe, scale=scale, alpha=alpha, **options)
     pladis.remove(pipe)
     with _progress() as progress:
         try:
             stock = run_pipeline(pipe, call_kwargs, seed, progress=progress, description="stock") if with_stock else None
-            pladis.apply(pipe, scale=scale, alpha=alpha)
+            pladis.apply(pipe, scale=scale, alpha=alpha, **options)
             image = run_pipeline(pipe, call_kwargs, seed, progress=progress, description=pladis_label(scale, alpha))
         except BaseException:
             progress.live.transient = True  # on failure only the error line is left on screen
@@ -713,6 +745,7 @@ def _caption(settings: dict[str, Any]) -> str:
 
 def main() -> None:
     """Entry point of the ``pladis`` console script."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")  # e.g. its torchvision fallback notes, on every run
     app()
 
 
