@@ -82,6 +82,13 @@ def _apply_mask(scores: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor
     return scores + mask.to(scores.dtype)
 
 
+def mask_rows(mask: torch.Tensor | None, first: int, last: int) -> torch.Tensor | None:
+    """The rows [first, last) of an SDPA mask; a mask broadcast over queries (one row, or 1-D) stays as it is."""
+    if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1:
+        return mask[..., first:last, :]
+    return mask
+
+
 def query_chunks(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -96,10 +103,7 @@ def query_chunks(
     chunk = max(1, max_score_elements // rows_per_query)
     for first in range(start, stop, chunk):
         last = min(first + chunk, stop)
-        mask = attn_mask
-        if mask is not None and mask.dim() >= 2 and mask.shape[-2] > 1:
-            mask = mask[..., first:last, :]
-        yield query[..., first:last, :], mask
+        yield query[..., first:last, :], mask_rows(attn_mask, first, last)
 
 
 def pladis_attention(

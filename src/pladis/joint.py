@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .attention import MAX_SCORE_ELEMENTS, _apply_mask, _mixed, check_scale, check_temperature, query_chunks
+from .attention import MAX_SCORE_ELEMENTS, _apply_mask, _mixed, check_scale, check_temperature, mask_rows, query_chunks
 from .entmax import check_alpha, compute_dtype, masked_softmax
 
 
@@ -161,6 +161,6 @@ def text_mass(query, key, text: tuple[int, int], attn_mask, first: int, last: in
     that the fast kernels take it)."""
     indicator = torch.zeros(*key.shape[:-1], query.shape[-1], dtype=query.dtype, device=query.device)
     indicator[..., text[0] : text[1], 0] = 1
-    mask = attn_mask[..., first:last, :] if attn_mask is not None and attn_mask.dim() >= 2 and attn_mask.shape[-2] > 1 else attn_mask
+    mask = mask_rows(attn_mask, first, last)
     mass = F.scaled_dot_product_attention(query, key, indicator, attn_mask=mask, scale=softmax_scale)
     return mass[..., :1].to(compute_dtype(query.dtype))
