@@ -51,7 +51,7 @@ def main() -> None:
         sdpa_ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
         err = ((out.double() - ref).abs().max() / ref.abs().max()).item()
         sdpa_err = ((sdpa.double() - sdpa_ref).abs().max() / sdpa_ref.abs().max()).item()
-        print(f"  {str(dtype):15s} PLADIS {err:.2e}   (SDPA's own error at this dtype {sdpa_err:.2e})")
+        print(f"  {dtype!s:15s} PLADIS {err:.2e}   (SDPA's own error at this dtype {sdpa_err:.2e})")
 
     print("\nspeed: one cross-attention call, best of", args.rounds)
     print(f"  {'shape (B,H,Lq,Lk,D)':28s} {'dtype':9s} {'SDPA ms':>8s} {'eager x':>8s} {'compiled x':>11s}")
@@ -63,9 +63,11 @@ def main() -> None:
             for backend in ("eager", "compiled"):
                 pladis.set_backend(backend)
                 pladis_attention(q, k, v)  # warm-up / compile
-                results[backend] = timed(lambda: pladis_attention(q, k, v), sync, args.rounds)
-            base = timed(lambda: F.scaled_dot_product_attention(q, k, v), sync, args.rounds)
-            print(f"  {str(shape):28s} {str(dtype)[6:]:9s} {base * 1e3:8.3f} {results['eager'] / base:8.2f} {results['compiled'] / base:11.2f}")
+                results[backend] = timed(lambda q=q, k=k, v=v: pladis_attention(q, k, v), sync, args.rounds)
+            base = timed(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), sync, args.rounds)
+            print(
+                f"  {shape!s:28s} {str(dtype)[6:]:9s} {base * 1e3:8.3f} {results['eager'] / base:8.2f} {results['compiled'] / base:11.2f}"
+            )
     pladis.set_backend("auto")
 
 

@@ -50,7 +50,9 @@ def main() -> None:
             best[name] = min(best[name], time.perf_counter() - start)
 
     base = best["torch.softmax"]
-    print(f"input {tuple(x.shape)} float32 on {args.device}, {args.threads} thread(s), best of {args.rounds} interleaved rounds")
+    print(
+        f"input {tuple(x.shape)} float32 on {args.device}, {args.threads} thread(s), best of {args.rounds} interleaved rounds"
+    )
     print(f"{'method':34s} {'ms':>9s} {'x softmax':>10s}")
     for name, t in best.items():
         print(f"{name:34s} {t * 1e3:9.2f} {t / base:10.2f}")

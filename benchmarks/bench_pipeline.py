@@ -15,8 +15,13 @@ from pladis.tiny import tiny_sdxl_pipeline
 
 def generate(pipe, size: int, steps: int, guidance: float):
     return pipe(
-        "a red circle left of a blue square", num_inference_steps=steps, guidance_scale=guidance,
-        height=size, width=size, output_type="latent", generator=torch.Generator().manual_seed(0),
+        "a red circle left of a blue square",
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        height=size,
+        width=size,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
     ).images
 
 
@@ -31,8 +36,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     pipe = tiny_sdxl_pipeline(scheduler="euler")
-    print(f"tiny SDXL-like pipeline, CFG {args.guidance}, {args.steps} steps, {args.threads} thread(s), "
-          f"backend {pladis.get_backend()}, best of {args.rounds} interleaved rounds")
+    print(
+        f"tiny SDXL-like pipeline, CFG {args.guidance}, {args.steps} steps, {args.threads} thread(s), "
+        f"backend {pladis.get_backend()}, best of {args.rounds} interleaved rounds"
+    )
     print(f"{'size':>6s} {'stock ms':>10s} {'PLADIS ms':>10s} {'ratio':>7s}")
     for size in (int(s) for s in args.sizes.split(",")):
         best = {"stock": float("inf"), "pladis": float("inf")}

@@ -12,11 +12,20 @@ from diffusers import UNet2DConditionModel
 import pladis
 
 SDXL_UNET = dict(
-    sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
-    block_out_channels=(320, 640, 1280), down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
-    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, use_linear_projection=True,
-    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    sample_size=128,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
 )
 
 
@@ -33,8 +42,10 @@ def main() -> None:
     latent = args.size // 8
     x = torch.randn(2, 4, latent, latent, device="cuda", dtype=dtype)
     context = torch.randn(2, 77, 2048, device="cuda", dtype=dtype)
-    added = {"text_embeds": torch.randn(2, 1280, device="cuda", dtype=dtype),
-             "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * 2, device="cuda", dtype=dtype)}
+    added = {
+        "text_embeds": torch.randn(2, 1280, device="cuda", dtype=dtype),
+        "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * 2, device="cuda", dtype=dtype),
+    }
     t = torch.tensor(500, device="cuda")
 
     def forward():
@@ -63,9 +74,13 @@ def main() -> None:
         with pladis.apply(unet, scale=0.0):
             same = torch.equal(forward(), stock)
     print(f"SDXL UNet (2.6B params, random weights), {args.size}², batch 2 (CFG), {args.dtype}, best of {args.rounds}")
-    print(f"scale 0 bit-identical to stock: {same}; PLADIS output differs from stock by max {(out - stock).abs().max().item():.3g}")
+    print(
+        f"scale 0 bit-identical to stock: {same}; PLADIS output differs from stock by max {(out - stock).abs().max().item():.3g}"
+    )
     for backend, best in results.items():
-        print(f"backend {backend:9s} stock {best['stock'] * 1e3:7.1f} ms  PLADIS {best['pladis'] * 1e3:7.1f} ms  ratio {best['pladis'] / best['stock']:.3f}")
+        print(
+            f"backend {backend:9s} stock {best['stock'] * 1e3:7.1f} ms  PLADIS {best['pladis'] * 1e3:7.1f} ms  ratio {best['pladis'] / best['stock']:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -129,7 +129,12 @@ def test_registered_backend_is_the_dispatch_point():
 
 @pytest.mark.parametrize(
     "kwargs,match",
-    [({"scale": -1}, "scale"), ({"scale": float("nan")}, "scale"), ({"alpha": 3}, "alpha"), ({"temperature": 0}, "temperature")],
+    [
+        ({"scale": -1}, "scale"),
+        ({"scale": float("nan")}, "scale"),
+        ({"alpha": 3}, "alpha"),
+        ({"temperature": 0}, "temperature"),
+    ],
 )
 def test_bad_arguments(kwargs, match):
     q, k, v = qkv()
@@ -144,8 +149,9 @@ def test_backend_from_environment(value, ok):
     import sys
 
     env = {**os.environ, "PLADIS_BACKEND": value}
-    result = subprocess.run([sys.executable, "-c", "import pladis; print(pladis.get_backend())"], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", "import pladis; print(pladis.get_backend())"], env=env, capture_output=True, text=True
+    )
     if ok:
         assert result.returncode == 0 and result.stdout.strip() == value
     else:

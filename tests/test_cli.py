@@ -116,7 +116,9 @@ def test_out_writes_only_the_pladis_image_and_leaves_the_pipeline_clean(model_di
 
 def test_missing_model_path_is_one_clear_line(tmp_path):
     missing = tmp_path / "no-such-model"
-    result = runner.invoke(cli.app, ["generate", "--model", str(missing), "--prompt", "x", "--out", str(tmp_path / "o.png")])
+    result = runner.invoke(
+        cli.app, ["generate", "--model", str(missing), "--prompt", "x", "--out", str(tmp_path / "o.png")]
+    )
     assert result.exit_code != 0
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
@@ -162,7 +164,8 @@ def test_pladis_errors_are_reported_before_any_generation(model_dir, tmp_path, m
 )
 def test_bad_options_fail_fast_with_one_line(model_dir, tmp_path, option, value, expected):
     result = runner.invoke(
-        cli.app, ["generate", "--model", str(model_dir), "--prompt", "x", "--out", str(tmp_path / "o.png"), option, value]
+        cli.app,
+        ["generate", "--model", str(model_dir), "--prompt", "x", "--out", str(tmp_path / "o.png"), option, value],
     )
     assert result.exit_code == 2
     assert "Traceback" not in result.output

@@ -17,7 +17,7 @@ def test_scenes_deterministic_and_varied():
     c = scenes.sample_scenes(64, seed=4)
     assert torch.equal(a.images, b.images) and a.captions == b.captions
     assert not torch.equal(a.images, c.images)
-    assert a.images.shape == (64, 3, 32, 32) and 0 <= a.images.min() and a.images.max() <= 1
+    assert a.images.shape == (64, 3, 32, 32) and a.images.min() >= 0 and a.images.max() <= 1
     assert {s.kind for s in a.specs} == set(scenes.KINDS)
     for s in a.specs:
         assert scenes.parse_caption(s.caption()) == s
@@ -27,7 +27,9 @@ def test_scenes_deterministic_and_varied():
 def test_tokenizer_pads_to_77_with_end_token():
     tok = build_tokenizer()
     caps = ["a red circle left of a blue square", ""]
-    ids = tok(caps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tok(
+        caps, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     assert ids.shape == (2, 77)
     assert torch.equal(ids, fast_ids(caps))
     assert (ids[1, 1:] == tok.eos_token_id).all()
@@ -89,8 +91,19 @@ def test_demo_command_writes_grid(tmp_path, pipe):
     from pladis.demo.commands import demo
 
     out = tmp_path / "demo.png"
-    demo(prompt=["a yellow square at the top"], scale=2.0, alpha=1.5, out=out, steps=2, cfg=4.0, seed=0, samples=1,
-         cell=64, device="cpu", weights=None)
+    demo(
+        prompt=["a yellow square at the top"],
+        scale=2.0,
+        alpha=1.5,
+        out=out,
+        steps=2,
+        cfg=4.0,
+        seed=0,
+        samples=1,
+        cell=64,
+        device="cpu",
+        weights=None,
+    )
     im = Image.open(out)
     assert im.size[0] > 128 and im.size[1] > 64
 
@@ -98,8 +111,17 @@ def test_demo_command_writes_grid(tmp_path, pipe):
 def test_bench_tiny(tmp_path, pipe):
     from pladis.demo.bench import run_benchmark
 
-    res = run_benchmark(pipe, n=3, scales=(0, 2), alphas=(1.5,), cfg=4.0, steps=2, batch_size=3, out_dir=tmp_path,
-                        progress=lambda m: None)
+    res = run_benchmark(
+        pipe,
+        n=3,
+        scales=(0, 2),
+        alphas=(1.5,),
+        cfg=4.0,
+        steps=2,
+        batch_size=3,
+        out_dir=tmp_path,
+        progress=lambda m: None,
+    )
     assert set(res["stats"]) == {"stock", "a=1.5 s=2"}
     st = res["stats"]["a=1.5 s=2"]["all"]
     assert 0 <= st["acc"] <= 1 and st["ci"][0] <= st["acc"] <= st["ci"][1]
@@ -114,7 +136,9 @@ def test_train_smoke_and_resume(tmp_path, monkeypatch):
     # a very small model keeps this quick; the training loop is the one the shipped weights came from
     small = model.default_config()
     small["unet"].update(block_out_channels=(32, 32, 32), attention_head_dim=2, cross_attention_dim=32)
-    small["text"].update(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=2)
+    small["text"].update(
+        hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=2
+    )
     monkeypatch.setattr(tr, "default_config", lambda: small)
     m1 = tr.train(out_dir=str(tmp_path), steps=1, batch_size=4, device="cpu", log_every=1, progress=False, save_every=0)
     assert m1["steps"] == 1 and (tmp_path / "ckpt.pt").exists()

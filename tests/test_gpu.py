@@ -16,8 +16,15 @@ def test_half_precision_pipelines(build, dtype):
     pipe = build("euler").to("cuda", dtype)
 
     def run():
-        return pipe("a red cube", num_inference_steps=3, guidance_scale=5.0, height=64, width=64, output_type="pt",
-                    generator=torch.Generator("cuda").manual_seed(0)).images
+        return pipe(
+            "a red cube",
+            num_inference_steps=3,
+            guidance_scale=5.0,
+            height=64,
+            width=64,
+            output_type="pt",
+            generator=torch.Generator("cuda").manual_seed(0),
+        ).images
 
     stock = run()
     with pladis.apply(pipe, scale=0.0) as handle:

@@ -7,8 +7,8 @@ Each pipeline is built once per module and restored after every test.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pytest
@@ -313,9 +313,8 @@ def test_context_manager_removes_on_exit(prepared):
 
 @sd15_only
 def test_context_manager_removes_on_error(prepared):
-    with pytest.raises(RuntimeError, match="boom"):
-        with pladis.apply(prepared.pipe, scale=2.0):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), pladis.apply(prepared.pipe, scale=2.0):
+        raise RuntimeError("boom")
     _assert_restored(prepared.pipe, prepared.snapshot)
 
 
@@ -340,9 +339,7 @@ def test_scale_change_takes_effect_without_reapply(prepared):
     pladis.set_scale(pipe, 2.0)
     _assert_same(prepared.run()[0], at2)
     # Still the same processor objects: nothing was re-applied.
-    assert _snapshot(pipe) == procs and all(
-        _snapshot(pipe)[n][k] is p for n, s in procs.items() for k, p in s.items()
-    )
+    assert _snapshot(pipe) == procs and all(_snapshot(pipe)[n][k] is p for n, s in procs.items() for k, p in s.items())
 
 
 @sd15_only

@@ -44,7 +44,8 @@ EXPECTED_TARGETS = {
     "pixart": {f"transformer_blocks.{i}.attn2" for i in range(2)},
     "wan": {f"blocks.{i}.attn2" for i in range(2)},
     "ltx": {f"transformer_blocks.{i}.attn2" for i in range(2)},
-    "flux": {f"transformer_blocks.{i}.attn" for i in range(2)} | {f"single_transformer_blocks.{i}.attn" for i in range(2)},
+    "flux": {f"transformer_blocks.{i}.attn" for i in range(2)}
+    | {f"single_transformer_blocks.{i}.attn" for i in range(2)},
     "sd3": {f"transformer_blocks.{i}.attn" for i in range(2)},
     "sd3.5": {f"transformer_blocks.{i}.attn" for i in range(2)},
     "cogvideox": {f"transformer_blocks.{i}.attn1" for i in range(2)},
@@ -87,7 +88,9 @@ def test_targets_and_remove_restore_exactly(case):
     originals = {name: module.processor for name, module in tiny.model.named_modules() if hasattr(module, "processor")}
     hooks_before = {name: len(m._forward_pre_hooks) for name, m in tiny.model.named_modules()}
     pladis.apply(tiny.model)
-    patched = {name for name, m in tiny.model.named_modules() if isinstance(getattr(m, "processor", None), PladisProcessor)}
+    patched = {
+        name for name, m in tiny.model.named_modules() if isinstance(getattr(m, "processor", None), PladisProcessor)
+    }
     assert patched == EXPECTED_TARGETS[case]
     assert tiny().shape == stock.shape  # the model's own forward call, unchanged
     assert pladis.remove(tiny.model) == len(patched)
@@ -172,8 +175,14 @@ def test_joint_attention_matches_its_map(lse_kernel, monkeypatch):
     or in the middle, with boolean and additive masks, in small chunks; the dense text mass m taken from the
     kernel's log-sum-exp or from a second SDPA call alike."""
     if not lse_kernel:
-        monkeypatch.setattr(pladis.joint, "stock_attention", lambda q, k, v, mask, scale: (
-            torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale), None))
+        monkeypatch.setattr(
+            pladis.joint,
+            "stock_attention",
+            lambda q, k, v, mask, scale: (
+                torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale),
+                None,
+            ),
+        )
     gen = torch.Generator().manual_seed(0)
     q, k, v = (2 * torch.randn(2, 3, 40, 8, generator=gen) for _ in range(3))
     bool_mask = torch.rand(2, 1, 1, 40, generator=gen) > 0.2
@@ -185,7 +194,9 @@ def test_joint_attention_matches_its_map(lse_kernel, monkeypatch):
             out = pladis.joint.pladis_joint_attention(q, k, v, text=text, attn_mask=mask, max_score_elements=64)
             torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
             stock = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            assert torch.equal(pladis.joint.pladis_joint_attention(q, k, v, text=text, attn_mask=mask, alpha=1.0), stock)
+            assert torch.equal(
+                pladis.joint.pladis_joint_attention(q, k, v, text=text, attn_mask=mask, alpha=1.0), stock
+            )
 
 
 def test_flux_single_stream_blocks_are_covered():
@@ -245,7 +256,9 @@ def test_padded_text_tokens_get_zero_weight_in_every_layer(case, scale):
 def test_wan_image_to_video_enters_the_text_attention_only():
     """Wan I2V attends to the CLIP image tokens first and to the text second: PLADIS takes the second call."""
     tiny = tiny_transformer("wan", text=512, image_dim=16, added_kv_proj_dim=24)
-    call = functools.partial(tiny, encoder_hidden_states_image=torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(4)))
+    call = functools.partial(
+        tiny, encoder_hidden_states_image=torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(4))
+    )
     stock = call()
     handle = pladis.apply(tiny.model, alpha=1.0)
     torch.testing.assert_close(call(), stock, rtol=0, atol=SOFTMAX_TOL)

@@ -91,8 +91,14 @@ def _attend_cross(settings: Settings, name: str = "") -> Callable:
             )
             return _recorded(settings, name, weights_of, query, key, value, attn_mask, scale)
         return pladis_attention(
-            query, key, value, scale=settings.scale, alpha=settings.alpha, attn_mask=attn_mask,
-            softmax_scale=scale, temperature=settings.temperature,
+            query,
+            key,
+            value,
+            scale=settings.scale,
+            alpha=settings.alpha,
+            attn_mask=attn_mask,
+            softmax_scale=scale,
+            temperature=settings.temperature,
         )
 
     return attend
@@ -124,19 +130,31 @@ class JointAttend:
 
         def attend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
             if is_causal:
-                raise ValueError(f"pladis: '{self.name}' uses causal attention, which is not joint text-image attention")
+                raise ValueError(
+                    f"pladis: '{self.name}' uses causal attention, which is not joint text-image attention"
+                )
             key, value = _expand_gqa(query, key, value, enable_gqa)
             length = key.shape[-2]
             text = slice(0, n_text) if self.text_first else slice(length - n_text, length)
             if settings.recorder is not None:
                 weights_of = functools.partial(
-                    joint_weights, text=text, scale=settings.scale, alpha=settings.alpha,
+                    joint_weights,
+                    text=text,
+                    scale=settings.scale,
+                    alpha=settings.alpha,
                     temperature=settings.temperature,
                 )
                 return _recorded(settings, self.name, weights_of, query, key, value, attn_mask, scale)
             return pladis_joint_attention(
-                query, key, value, text=text, scale=settings.scale, alpha=settings.alpha, attn_mask=attn_mask,
-                softmax_scale=scale, temperature=settings.temperature,
+                query,
+                key,
+                value,
+                text=text,
+                scale=settings.scale,
+                alpha=settings.alpha,
+                attn_mask=attn_mask,
+                softmax_scale=scale,
+                temperature=settings.temperature,
             )
 
         return attend
@@ -285,7 +303,6 @@ def cross_attention_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.
         for name, module in model.named_modules()
         if is_attention_module(module) and getattr(module, "is_cross_attention", False)
     ]
-
 
 
 def check_backend(name: str, module: torch.nn.Module) -> None:

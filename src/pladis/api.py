@@ -1,9 +1,9 @@
 """The public switch: `apply` PLADIS to a pipeline or model, `remove` it, change its scale.
 
-    handle = pladis.apply(pipe, scale=2.0, alpha=1.5)   # every cross-attention of every denoiser
-    image = pipe(prompt).images[0]
-    handle.scale = 0.0                                  # the untouched model, bit for bit
-    pladis.remove(pipe)                                 # the very processors that were there come back
+handle = pladis.apply(pipe, scale=2.0, alpha=1.5)   # every cross-attention of every denoiser
+image = pipe(prompt).images[0]
+handle.scale = 0.0                                  # the untouched model, bit for bit
+pladis.remove(pipe)                                 # the very processors that were there come back
 """
 
 from __future__ import annotations
@@ -55,7 +55,9 @@ def _select(names: list[str], layers: Sequence[str] | None) -> set[str]:
     chosen: set[str] = set()
     for entry in layers:
         pattern = LAYER_GROUPS.get(entry, entry)
-        hits = {n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(".", 1)[-1], pattern)}
+        hits = {
+            n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(".", 1)[-1], pattern)
+        }
         if not hits:
             sample = ", ".join(names[:4])
             raise ValueError(
@@ -203,7 +205,7 @@ def apply(
         raise
     remove(target)
     hooked = set()
-    for (component, name, module, attend), full_name in zip(found, qualified):
+    for (component, _name, module, attend), full_name in zip(found, qualified):
         if full_name not in chosen:
             continue
         module.set_processor(PladisProcessor(module.processor, settings, full_name, attend))
@@ -212,7 +214,9 @@ def apply(
             model = dict(_models(target))[component]
             hook = model.register_forward_pre_hook(_forward_inputs_hook(settings, model), with_kwargs=True)
             model.__dict__["_pladis_hook"] = hook  # removed with this model's processors by `remove`
-    _warn_weighted_processors([n for (_, _, m, _), n in zip(found, qualified) if n in chosen and _has_weights(m.processor)])
+    _warn_weighted_processors(
+        [n for (_, _, m, _), n in zip(found, qualified) if n in chosen and _has_weights(m.processor)]
+    )
     return Pladis(target, settings)
 
 

@@ -27,7 +27,9 @@ def check_scale(scale: float) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"PLADIS scale must be a number >= 0, got {scale!r}") from None
     if not value >= 0 or math.isinf(value):
-        raise ValueError(f"PLADIS scale must be a finite number >= 0 (0 = the untouched model, 2 = the paper's default), got {scale!r}")
+        raise ValueError(
+            f"PLADIS scale must be a finite number >= 0 (0 = the untouched model, 2 = the paper's default), got {scale!r}"
+        )
     return value
 
 
@@ -41,7 +43,9 @@ def check_temperature(temperature: float) -> float:
     return value
 
 
-def mixed_rows(scores: torch.Tensor, scale: torch.Tensor, alpha: float, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+def mixed_rows(
+    scores: torch.Tensor, scale: torch.Tensor, alpha: float, temperature: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(1 - scale) softmax + scale entmax over the last dim, and a per-row flag 'entmax verified exact'."""
     dense = masked_softmax(scores)
     sparse, ok = solve_rows(scores if temperature == 1.0 else scores / temperature, alpha)
@@ -67,7 +71,9 @@ def _mixed(scores: torch.Tensor, scale: torch.Tensor, alpha: float, temperature:
     return weights.view(scores.shape)
 
 
-def pladis_weights(scores: torch.Tensor, scale: float = 2.0, alpha: float = 1.5, temperature: float = 1.0) -> torch.Tensor:
+def pladis_weights(
+    scores: torch.Tensor, scale: float = 2.0, alpha: float = 1.5, temperature: float = 1.0
+) -> torch.Tensor:
     """The PLADIS attention map over the last dim of `scores` (masked entries at -inf), in float32/float64."""
     scale, alpha, temperature = check_scale(scale), check_alpha(alpha), check_temperature(temperature)
     scores = scores.to(compute_dtype(scores.dtype))

@@ -26,7 +26,7 @@ import re
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -148,7 +148,11 @@ def _check_options(
     from pladis.attention import check_scale, check_temperature
     from pladis.entmax import check_alpha
 
-    checks = (("--scale", check_scale, scale), ("--alpha", check_alpha, alpha), ("--temperature", check_temperature, temperature))
+    checks = (
+        ("--scale", check_scale, scale),
+        ("--alpha", check_alpha, alpha),
+        ("--temperature", check_temperature, temperature),
+    )
     for option, check, value in checks:
         try:
             check(value)
@@ -591,45 +595,48 @@ def _root(
 
 
 def generate(
-    prompt: Annotated[Optional[str], typer.Option("--prompt", "-p", help="The text prompt. (required)")] = None,
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="The text prompt. (required)")] = None,
     model: Annotated[
-        Optional[str], typer.Option("--model", "-m", help="Hub id (org/name) or local diffusers folder. (required)")
+        str | None, typer.Option("--model", "-m", help="Hub id (org/name) or local diffusers folder. (required)")
     ] = None,
     compare: Annotated[
-        Optional[Path], typer.Option("--compare", help="Write stock | PLADIS side by side (same seed) to this image.")
+        Path | None, typer.Option("--compare", help="Write stock | PLADIS side by side (same seed) to this image.")
     ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the PLADIS image alone to this file.")] = None,
-    negative: Annotated[Optional[str], typer.Option("--negative", help="Negative prompt.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the PLADIS image alone to this file.")] = None,
+    negative: Annotated[str | None, typer.Option("--negative", help="Negative prompt.")] = None,
     scale: Annotated[float, typer.Option(help="PLADIS scale lambda (0 = stock model).")] = 2.0,
     alpha: Annotated[float, typer.Option(help="Entmax alpha in [1, 2] (2 = sparsemax).")] = 1.5,
-    steps: Annotated[Optional[int], typer.Option(help="Inference steps (default: the pipeline's).")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (default: the pipeline's).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Inference steps (default: the pipeline's).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale (default: the pipeline's).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed (both images share it).")] = 0,
     size: Annotated[
-        Optional[str], typer.Option(help="1024, or WIDTHxHEIGHT like 768x512 (default: the pipeline's).")
+        str | None, typer.Option(help="1024, or WIDTHxHEIGHT like 768x512 (default: the pipeline's).")
     ] = None,
     pag_scale: Annotated[
-        Optional[float], typer.Option("--pag-scale", help="Perturbed-attention guidance scale (loads the PAG variant).")
+        float | None, typer.Option("--pag-scale", help="Perturbed-attention guidance scale (loads the PAG variant).")
     ] = None,
     pag_layers: Annotated[
-        Optional[str], typer.Option("--pag-layers", help="Comma-separated PAG layers, e.g. mid (default: the pipeline's).")
+        str | None, typer.Option("--pag-layers", help="Comma-separated PAG layers, e.g. mid (default: the pipeline's).")
     ] = None,
-    freeu: Annotated[Optional[str], typer.Option(help="Enable FreeU with s1,s2,b1,b2, e.g. 0.9,0.2,1.5,1.6.")] = None,
+    freeu: Annotated[str | None, typer.Option(help="Enable FreeU with s1,s2,b1,b2, e.g. 0.9,0.2,1.5,1.6.")] = None,
     scheduler: Annotated[Scheduler, typer.Option(help="Sampler (keep = the model's own).")] = Scheduler.keep,
     lora: Annotated[
-        Optional[str], typer.Option(help="LoRA file, folder, Hub repo or org/repo/file.safetensors; fused into the model.")
+        str | None, typer.Option(help="LoRA file, folder, Hub repo or org/repo/file.safetensors; fused into the model.")
     ] = None,
     dtype: Annotated[DType, typer.Option(help="auto: float16/bfloat16 on GPU, float32 on CPU.")] = DType.auto,
     device: Annotated[Device, typer.Option(help="auto: cuda, then mps, then cpu.")] = Device.auto,
     max_sequence_length: Annotated[
-        Optional[int], typer.Option("--max-sequence-length", help="Text length for T5-style encoders (FLUX, SD3, ...).")
+        int | None, typer.Option("--max-sequence-length", help="Text length for T5-style encoders (FLUX, SD3, ...).")
     ] = None,
     offload: Annotated[bool, typer.Option(help="Offload idle sub-models to CPU (saves GPU memory).")] = False,
     pladis_layers: Annotated[
-        Optional[str], typer.Option("--layers", help="PLADIS only in these layer groups or name patterns: down,mid,up or up_blocks.0.*")
+        str | None,
+        typer.Option(
+            "--layers", help="PLADIS only in these layer groups or name patterns: down,mid,up or up_blocks.0.*"
+        ),
     ] = None,
     timesteps: Annotated[
-        Optional[str], typer.Option("--timesteps", help="PLADIS only for denoiser timesteps in LOW,HIGH, e.g. 500,1000.")
+        str | None, typer.Option("--timesteps", help="PLADIS only for denoiser timesteps in LOW,HIGH, e.g. 500,1000.")
     ] = None,
     temperature: Annotated[float, typer.Option(help="Divides the scores of the sparse branch (1 = none).")] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs and full tracebacks.")] = False,
@@ -637,7 +644,9 @@ def generate(
     """Generate an image with PLADIS, optionally next to the stock image from the same seed."""
     with reporting_errors(verbose):
         if not prompt:
-            raise CLIError("missing --prompt: give the text to generate, e.g. --prompt 'a red cube on a blue sphere'", 2)
+            raise CLIError(
+                "missing --prompt: give the text to generate, e.g. --prompt 'a red cube on a blue sphere'", 2
+            )
         if not model:
             raise CLIError("missing --model: give a Hub id like 'org/name' or a local diffusers pipeline folder", 2)
         if compare is None and out is None:
@@ -648,8 +657,11 @@ def generate(
         width, height = parse_size(size) or (None, None)
         freeu_args = parse_freeu(freeu)
         layers = _names(pag_layers)
-        pladis_options = {"layers": _names(pladis_layers), "timesteps": parse_pair(timesteps, "--timesteps"),
-                          "temperature": temperature}
+        pladis_options = {
+            "layers": _names(pladis_layers),
+            "timesteps": parse_pair(timesteps, "--timesteps"),
+            "temperature": temperature,
+        }
         if layers and not pag_scale:
             raise CLIError("--pag-layers needs --pag-scale (e.g. --pag-scale 3.0)", 2)
 
@@ -695,7 +707,9 @@ def _stock_and_pladis(pipe, call_kwargs, seed: int, scale: float, alpha: float, 
     pladis.remove(pipe)
     with _progress() as progress:
         try:
-            stock = run_pipeline(pipe, call_kwargs, seed, progress=progress, description="stock") if with_stock else None
+            stock = (
+                run_pipeline(pipe, call_kwargs, seed, progress=progress, description="stock") if with_stock else None
+            )
             pladis.apply(pipe, scale=scale, alpha=alpha, **options)
             image = run_pipeline(pipe, call_kwargs, seed, progress=progress, description=pladis_label(scale, alpha))
         except BaseException:

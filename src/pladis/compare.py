@@ -18,9 +18,9 @@ produced it) when it is a PNG.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -47,7 +47,7 @@ def _text_width(font, text: str) -> float:
 
 
 def _line_height(font) -> int:
-    left, top, right, bottom = font.getbbox("Ag|")
+    _left, _top, _right, bottom = font.getbbox("Ag|")
     return int(bottom) + max(2, int(bottom) // 5)
 
 

@@ -29,9 +29,7 @@ def check_alpha(alpha: float) -> float:
     except (TypeError, ValueError):
         raise ValueError(f"alpha must be a number in [1, 2], got {alpha!r}") from None
     if not 1.0 <= value <= 2.0:  # also rejects NaN
-        raise ValueError(
-            f"alpha must be in [1, 2] (1 = softmax, 1.5 = entmax-1.5, 2 = sparsemax), got {alpha!r}"
-        )
+        raise ValueError(f"alpha must be in [1, 2] (1 = softmax, 1.5 = entmax-1.5, 2 = sparsemax), got {alpha!r}")
     return value
 
 

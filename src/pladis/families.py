@@ -100,7 +100,11 @@ def _flux(model: torch.nn.Module, settings: Settings) -> list[Target]:
     targets = [(name, block.attn, JointAttend(settings, name, text_first=True)) for name, block in double]
     # single stream: the block has already joined [text, image]; the transformer's forward records the text length
     targets += [
-        (name, block.attn, JointAttend(settings, name, text_first=True, text_length=_recorded_text_length(settings, name)))
+        (
+            name,
+            block.attn,
+            JointAttend(settings, name, text_first=True, text_length=_recorded_text_length(settings, name)),
+        )
         for name, block in single
     ]
     return targets
@@ -132,21 +136,56 @@ def _cogvideox(model: torch.nn.Module, settings: Settings) -> list[Target]:
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
-        Family("SANA", ("SanaTransformer2DModel",), "cross-attention `attn2` of each block (SanaAttnProcessor2_0, "
-               "intercepted), text padding mask as an additive bias", _cross),
-        Family("PixArt-Sigma", ("PixArtTransformer2DModel",), "cross-attention `attn2` of each block "
-               "(AttnProcessor2_0, native path), T5 padding mask as an additive bias", _cross),
-        Family("Wan 2.x", ("WanTransformer3DModel",), "cross-attention `attn2` of each block (WanAttnProcessor, "
-               "intercepted); for image-to-video the text attention (the 2nd SDPA call) only", _wan),
-        Family("LTX-Video", ("LTXVideoTransformer3DModel",), "cross-attention `attn2` of each block "
-               "(LTXVideoAttnProcessor, intercepted), text padding mask as an additive bias", _ltx),
-        Family("FLUX", ("FluxTransformer2DModel", "FluxControlNetModel"), "joint attention, text first: double-stream `attn` (text via "
-               "add_*_proj) and single-stream `attn` (text length recorded from the transformer's forward inputs); RoPE, QK "
-               "norms, IP-Adapter stay the processor's own", _flux),
-        Family("SD3 / SD3.5", ("SD3Transformer2DModel", "SD3ControlNetModel"), "joint attention, text last: `attn` of each "
-               "JointTransformerBlock (JointAttnProcessor2_0); SD3.5's image-only `attn2` untouched", _sd3),
-        Family("CogVideoX", ("CogVideoXTransformer3DModel",), "joint attention, text first: `attn1` of each block "
-               "(CogVideoXAttnProcessor2_0), video RoPE stays the processor's own", _cogvideox),
+        Family(
+            "SANA",
+            ("SanaTransformer2DModel",),
+            "cross-attention `attn2` of each block (SanaAttnProcessor2_0, "
+            "intercepted), text padding mask as an additive bias",
+            _cross,
+        ),
+        Family(
+            "PixArt-Sigma",
+            ("PixArtTransformer2DModel",),
+            "cross-attention `attn2` of each block "
+            "(AttnProcessor2_0, native path), T5 padding mask as an additive bias",
+            _cross,
+        ),
+        Family(
+            "Wan 2.x",
+            ("WanTransformer3DModel",),
+            "cross-attention `attn2` of each block (WanAttnProcessor, "
+            "intercepted); for image-to-video the text attention (the 2nd SDPA call) only",
+            _wan,
+        ),
+        Family(
+            "LTX-Video",
+            ("LTXVideoTransformer3DModel",),
+            "cross-attention `attn2` of each block "
+            "(LTXVideoAttnProcessor, intercepted), text padding mask as an additive bias",
+            _ltx,
+        ),
+        Family(
+            "FLUX",
+            ("FluxTransformer2DModel", "FluxControlNetModel"),
+            "joint attention, text first: double-stream `attn` (text via "
+            "add_*_proj) and single-stream `attn` (text length recorded from the transformer's forward inputs); RoPE, QK "
+            "norms, IP-Adapter stay the processor's own",
+            _flux,
+        ),
+        Family(
+            "SD3 / SD3.5",
+            ("SD3Transformer2DModel", "SD3ControlNetModel"),
+            "joint attention, text last: `attn` of each "
+            "JointTransformerBlock (JointAttnProcessor2_0); SD3.5's image-only `attn2` untouched",
+            _sd3,
+        ),
+        Family(
+            "CogVideoX",
+            ("CogVideoXTransformer3DModel",),
+            "joint attention, text first: `attn1` of each block "
+            "(CogVideoXAttnProcessor2_0), video RoPE stays the processor's own",
+            _cogvideox,
+        ),
     )
 }
 

@@ -118,7 +118,11 @@ def pladis_joint_attention(
     value_text = value[..., start:stop, :].to(dtype)
     result = out.to(dtype, copy=True)  # text-query rows stay the stock output (exact round trip to out's dtype)
     for a, b in image_row_ranges(start, stop, length):
-        mass = None if lse is not None else text_mass(query[..., a:b, :], key, (start, stop), attn_mask, a, b, softmax_scale)
+        mass = (
+            None
+            if lse is not None
+            else text_mass(query[..., a:b, :], key, (start, stop), attn_mask, a, b, softmax_scale)
+        )
         row = a
         for q, mask in query_chunks(query, keys_text.transpose(-1, -2), text_mask, max_score_elements, rows=(a, b)):
             n = q.shape[-2]

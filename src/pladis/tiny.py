@@ -18,9 +18,9 @@ __all__ = [
     "make_scheduler",
     "tiny_clip_tokenizer",
     "tiny_sd15_pipeline",
-    "tiny_sdxl_pipeline",
     "tiny_sdxl_controlnet_pipeline",
     "tiny_sdxl_pag_pipeline",
+    "tiny_sdxl_pipeline",
 ]
 
 #: Scheduler names accepted by the ``scheduler=`` argument of the builders.
@@ -219,7 +219,9 @@ def tiny_sdxl_controlnet_pipeline(scheduler: str = "ddim", seed: int = 0):
 
     components = _sdxl_components(scheduler, seed)
     torch.manual_seed(seed + 2)
-    controlnet = ControlNetModel(**_SDXL_UNET, conditioning_embedding_out_channels=(16, 32, 32), norm_num_groups=1).eval()
+    controlnet = ControlNetModel(
+        **_SDXL_UNET, conditioning_embedding_out_channels=(16, 32, 32), norm_num_groups=1
+    ).eval()
     pipe = StableDiffusionXLControlNetPipeline(**components, controlnet=controlnet, add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -20,8 +20,8 @@ __all__ = [
     "TRANSFORMERS",
     "TinyTransformer",
     "tiny_flux_pipeline",
-    "tiny_pixart_sigma_pipeline",
     "tiny_gemma_tokenizer",
+    "tiny_pixart_sigma_pipeline",
     "tiny_sana_pipeline",
     "tiny_sd3_pipeline",
     "tiny_t5",
@@ -314,7 +314,10 @@ def tiny_pixart_sigma_pipeline(seed: int = 0):
                         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
                         up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=16).eval()  # fmt: skip
     pipe = PixArtSigmaPipeline(
-        tokenizer=tiny_t5_tokenizer(), text_encoder=tiny_t5(seed + 1), vae=vae, transformer=transformer,
+        tokenizer=tiny_t5_tokenizer(),
+        text_encoder=tiny_t5(seed + 1),
+        vae=vae,
+        transformer=transformer,
         scheduler=DDIMScheduler(),
     )
     pipe.set_progress_bar_config(disable=True)

@@ -20,7 +20,9 @@ from .scenes import Spec, benchmark_prompts
 
 
 @torch.no_grad()
-def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, cfg: float = 4.0, batch_size: int = 64) -> torch.Tensor:
+def generate(
+    pipe, prompts: list[str], seeds: list[int], steps: int = 20, cfg: float = 4.0, batch_size: int = 64
+) -> torch.Tensor:
     """Images (n, 3, H, W) in [0, 1]; prompt i always starts from the noise of seeds[i], whatever the batching."""
     dev = pipe._execution_device
     out = []
@@ -30,8 +32,13 @@ def generate(pipe, prompts: list[str], seeds: list[int], steps: int = 20, cfg: f
         shape = (len(gens), pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         latents = torch.stack([torch.randn(shape[1:], generator=g) for g in gens]).to(dev, pipe.unet.dtype)
         res = pipe(
-            prompts[i : i + batch_size], height=h, width=w, num_inference_steps=steps, guidance_scale=cfg,
-            latents=latents, output_type="pt",
+            prompts[i : i + batch_size],
+            height=h,
+            width=w,
+            num_inference_steps=steps,
+            guidance_scale=cfg,
+            latents=latents,
+            output_type="pt",
         )
         out.append(res.images.float().cpu())
     return torch.cat(out)
@@ -60,8 +67,11 @@ def summarize(verdicts: dict[str, list[dict]], stock_key: str, n_boot: int = 200
             b = np.array([float(base[i][cat]) for i in idx])
             d = x - b
             stats[name][cat] = dict(
-                n=len(idx), acc=float(x.mean()), ci=_bootstrap(x, n_boot, rng),
-                diff=float(d.mean()), diff_ci=_bootstrap(d, n_boot, rng),
+                n=len(idx),
+                acc=float(x.mean()),
+                ci=_bootstrap(x, n_boot, rng),
+                diff=float(d.mean()),
+                diff_ci=_bootstrap(d, n_boot, rng),
             )
     return stats
 
@@ -95,8 +105,20 @@ def chart(stats: dict, path: str | Path, title: str = "") -> Path:
     d = ImageDraw.Draw(img)
     font = load_font(12)
     ph = H - bottom - top
-    palette = [(90, 90, 90), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
-               (140, 86, 75), (227, 119, 194), (188, 189, 34), (23, 190, 207), (0, 0, 128), (128, 0, 0)]
+    palette = [
+        (90, 90, 90),
+        (31, 119, 180),
+        (255, 127, 14),
+        (44, 160, 44),
+        (214, 39, 40),
+        (148, 103, 189),
+        (140, 86, 75),
+        (227, 119, 194),
+        (188, 189, 34),
+        (23, 190, 207),
+        (0, 0, 128),
+        (128, 0, 0),
+    ]
     for k in range(0, 11, 2):
         y = top + ph - ph * k / 10
         d.line([(left, y), (left + 140 * len(cats), y)], fill=(225, 225, 225))
@@ -143,9 +165,7 @@ def run_benchmark(
     specs: list[Spec] = benchmark_prompts(n)
     prompts = [s.caption() for s in specs]
     seeds = [seed * 100_003 + i for i in range(n)]
-    configs = [("stock", 0.0, None)] + [
-        (f"a={a:g} s={s:g}", s, a) for a in alphas for s in scales if s != 0
-    ]
+    configs = [("stock", 0.0, None)] + [(f"a={a:g} s={s:g}", s, a) for a in alphas for s in scales if s != 0]
     verdicts, times, images = {}, {}, {}
     for name, s, a in configs:
         t0 = time.time()

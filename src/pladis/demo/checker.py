@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .scenes import COLOR_NAMES, COLORS, SHAPES, Spec
+from .scenes import COLOR_NAMES, COLORS, Spec
 
 CATEGORIES = ["color", "shape", "position", "relation", "count", "all"]
 
@@ -96,7 +96,9 @@ def find_blobs(images: torch.Tensor, min_area: int = 8, threshold: float = 0.35)
         for c, ys, xs in connected_components(cls[i]):
             if len(ys) < min_area:
                 continue
-            blobs.append(Blob(COLOR_NAMES[c], classify_shape(ys, xs), len(ys), float(xs.mean()) + 0.5, float(ys.mean()) + 0.5))
+            blobs.append(
+                Blob(COLOR_NAMES[c], classify_shape(ys, xs), len(ys), float(xs.mean()) + 0.5, float(ys.mean()) + 0.5)
+            )
         out.append(blobs)
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -27,27 +27,30 @@ def _floats(s: str) -> list[float]:
         raise ValueError(f"expected comma-separated numbers such as 0,1,2 — got {s!r}") from None
 
 
-def _device(device: Optional[str]) -> str:
+def _device(device: str | None) -> str:
     import torch
 
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def demo(
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt (repeatable). Default: four scene prompts.")] = None,
+    prompt: Annotated[
+        list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable). Default: four scene prompts.")
+    ] = None,
     scale: Annotated[float, typer.Option(help="PLADIS scale lambda (0 = stock).")] = 2.0,
     alpha: Annotated[float, typer.Option(help="entmax alpha of the sparse branch.")] = 1.5,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the comparison grid (PNG).")] = Path("demo.png"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the comparison grid (PNG).")] = Path(
+        "demo.png"
+    ),
     steps: Annotated[int, typer.Option(help="Denoising steps (DPM-Solver++).")] = 20,
     cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 4.0,
     seed: Annotated[int, typer.Option(help="Seed; prompt i uses seed + i, the same for stock and PLADIS.")] = 0,
     samples: Annotated[int, typer.Option(help="Images per prompt and setting.")] = 2,
     cell: Annotated[int, typer.Option(help="Displayed size of each 32x32 image, in pixels.")] = 128,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
 ) -> None:
     """Generate with the embedded tiny text-to-image model, stock vs PLADIS, into a labelled grid (offline, CPU-fast)."""
-    import torch
     from PIL import Image
 
     import pladis
@@ -90,41 +93,56 @@ def demo(
         rows, labels = [], []
         for pi, p in enumerate(prompts):
             row = []
-            for name, imgs in (("stock", stock), ("pladis", plad)):
+            for imgs in (stock, plad):
                 row += [to_pil(imgs[pi * samples + j]) for j in range(samples)]
             rows.append(row)
             ok = [marks[n].get(pi * samples + j) for n in ("stock", "pladis") for j in range(samples)]
             labels.append(p + ("" if None in ok else "\n(checker: " + " ".join("ok" if o else "no" for o in ok) + ")"))
         cols = [f"stock #{j + 1}" for j in range(samples)] + [f"PLADIS #{j + 1}" for j in range(samples)]
-        caption = f"embedded demo model | PLADIS scale={scale:g} alpha={alpha:g} | cfg={cfg:g}, {steps} steps, seed={seed}"
+        caption = (
+            f"embedded demo model | PLADIS scale={scale:g} alpha={alpha:g} | cfg={cfg:g}, {steps} steps, seed={seed}"
+        )
         grid = labelled_grid(rows, row_labels=labels, col_labels=cols, caption=caption)
         save_image(grid, out, metadata={"prompts": prompts, "scale": scale, "alpha": alpha, "cfg": cfg, "seed": seed})
         typer.echo(f"wrote {out} ({len(prompts)} prompts x {{stock, PLADIS}} x {samples}) in {time.time() - t0:.1f}s")
 
 
 def train_demo(
-    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoint, loss log, exported weights.")] = Path("out/demo-train"),
-    steps: Annotated[Optional[int], typer.Option(help="Total steps (default: as many as fit --max-minutes, recorded).")] = None,
-    max_minutes: Annotated[float, typer.Option(help="Wall-clock budget; the run saves and stops when it is spent.")] = 10.0,
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoint, loss log, exported weights.")] = Path(
+        "out/demo-train"
+    ),
+    steps: Annotated[
+        int | None, typer.Option(help="Total steps (default: as many as fit --max-minutes, recorded).")
+    ] = None,
+    max_minutes: Annotated[
+        float, typer.Option(help="Wall-clock budget; the run saves and stops when it is spent.")
+    ] = 10.0,
     batch_size: Annotated[int, typer.Option(help="Images per step (the shipped model: 1024 on an H100).")] = 256,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of data, noise and initialisation.")] = 0,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/ckpt.pt if it exists.")] = True,
-    install: Annotated[bool, typer.Option(help="Copy the exported weights into the package (replaces the embedded model).")] = False,
+    install: Annotated[
+        bool, typer.Option(help="Copy the exported weights into the package (replaces the embedded model).")
+    ] = False,
 ) -> None:
     """Train the embedded demo model on procedurally generated scenes (reproducible from the seed, resumable)."""
     import shutil
 
+    from ..cli import reporting_errors
     from .model import WEIGHTS_DIR
     from .train import train
 
-    from ..cli import reporting_errors
-
     with reporting_errors():
         meta = train(
-            out_dir=str(out), steps=steps, max_minutes=max_minutes, batch_size=batch_size, lr=lr, seed=seed,
-            device=device, resume=resume,
+            out_dir=str(out),
+            steps=steps,
+            max_minutes=max_minutes,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            device=device,
+            resume=resume,
         )
         if install:
             for f in (out / "weights").iterdir():
@@ -141,9 +159,11 @@ def bench_alignment(
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed (prompt i uses noise seed*100003 + i in every configuration).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Prompts per pipeline call.")] = 64,
-    out: Annotated[Path, typer.Option("--out", help="Folder for alignment.md, alignment.json and the PNG charts.")] = Path("out/bench-alignment"),
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for alignment.md, alignment.json and the PNG charts.")
+    ] = Path("out/bench-alignment"),
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
 ) -> None:
     """Score prompt alignment (colour, shape, position, relation, count) of stock vs PLADIS with the exact checker."""
     from ..api import check_alpha, check_scale
@@ -166,8 +186,17 @@ def bench_alignment(
         ]
         allres = {}
         for c in cfg_values:
-            res = run_benchmark(pipe, n=n, scales=scale_values, alphas=alpha_values, cfg=c, steps=steps, seed=seed,
-                                batch_size=batch_size, progress=lambda m, c=c: typer.echo(f"[cfg {c:g}] {m}"))
+            res = run_benchmark(
+                pipe,
+                n=n,
+                scales=scale_values,
+                alphas=alpha_values,
+                cfg=c,
+                steps=steps,
+                seed=seed,
+                batch_size=batch_size,
+                progress=lambda m, c=c: typer.echo(f"[cfg {c:g}] {m}"),
+            )
             md += [f"\n## cfg = {c:g}\n", res["table"], ""]
             chart(res["stats"], out / f"alignment_cfg{c:g}.png", f"demo model, n={n}, cfg={c:g}: accuracy, 95% CI")
             allres[f"cfg={c:g}"] = {k: v for k, v in res.items() if k not in ("table", "samples")}

@@ -60,7 +60,9 @@ class PixelShuffleVAE(ModelMixin, ConfigMixin):
     """A weightless stand-in for an autoencoder: latents are the pixel-unshuffled image in [-1, 1]."""
 
     @register_to_config
-    def __init__(self, patch: int = PATCH, in_channels: int = 3, scaling_factor: float = 1.0, block_out_channels=(1, 1)):
+    def __init__(
+        self, patch: int = PATCH, in_channels: int = 3, scaling_factor: float = 1.0, block_out_channels=(1, 1)
+    ):
         super().__init__()
         # block_out_channels only tells pipelines the spatial factor: 2 ** (len - 1) == patch
         self.register_buffer("_dummy", torch.zeros(1), persistent=False)
@@ -104,10 +106,24 @@ def build_models(cfg: dict | None = None):
 def default_config() -> dict:
     tc = text_config(hidden=128, layers=3, heads=4).to_dict()
     keep = [
-        "vocab_size", "hidden_size", "intermediate_size", "projection_dim", "num_hidden_layers",
-        "num_attention_heads", "max_position_embeddings", "hidden_act", "bos_token_id", "eos_token_id", "pad_token_id",
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "projection_dim",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "max_position_embeddings",
+        "hidden_act",
+        "bos_token_id",
+        "eos_token_id",
+        "pad_token_id",
     ]
-    return {"unet": unet_config(), "text": {k: tc[k] for k in keep}, "scheduler": scheduler_config(), "image_size": IMAGE_SIZE}
+    return {
+        "unet": unet_config(),
+        "text": {k: tc[k] for k in keep},
+        "scheduler": scheduler_config(),
+        "image_size": IMAGE_SIZE,
+    }
 
 
 def assemble_pipeline(unet, text_encoder, cfg: dict | None = None) -> StableDiffusionPipeline:
@@ -139,7 +155,11 @@ def save_weights(unet, text_encoder, cfg: dict, out_dir: str | Path, meta: dict 
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}, str(out / UNET_FILE))
     save_file(
-        {k: v.detach().to("cpu", dtype).contiguous() for k, v in text_encoder.state_dict().items() if v.is_floating_point()},
+        {
+            k: v.detach().to("cpu", dtype).contiguous()
+            for k, v in text_encoder.state_dict().items()
+            if v.is_floating_point()
+        },
         str(out / TEXT_FILE),
     )
     (out / CONFIG_FILE).write_text(json.dumps({**cfg, "meta": meta or {}}, indent=1, default=list))
@@ -150,7 +170,9 @@ def weights_available(weights_dir: str | Path | None = None) -> bool:
     return all((d / f).exists() for f in (UNET_FILE, TEXT_FILE, CONFIG_FILE))
 
 
-def load_demo_pipeline(weights_dir: str | Path | None = None, device="cpu", dtype=torch.float32) -> StableDiffusionPipeline:
+def load_demo_pipeline(
+    weights_dir: str | Path | None = None, device="cpu", dtype=torch.float32
+) -> StableDiffusionPipeline:
     """The embedded demo pipeline, built offline from the package's safetensors."""
     from safetensors.torch import load_file
 
@@ -160,7 +182,9 @@ def load_demo_pipeline(weights_dir: str | Path | None = None, device="cpu", dtyp
     cfg = json.loads((d / CONFIG_FILE).read_text())
     unet, text = build_models(cfg)
     unet.load_state_dict({k: v.float() for k, v in load_file(str(d / UNET_FILE)).items()})
-    missing, unexpected = text.load_state_dict({k: v.float() for k, v in load_file(str(d / TEXT_FILE)).items()}, strict=False)
+    missing, unexpected = text.load_state_dict(
+        {k: v.float() for k, v in load_file(str(d / TEXT_FILE)).items()}, strict=False
+    )
     if unexpected or any("position_ids" not in m for m in missing):
         raise RuntimeError(f"text encoder weights do not match: missing={missing} unexpected={unexpected}")
     pipe = assemble_pipeline(unet.eval(), text.eval(), cfg)

@@ -88,7 +88,7 @@ def parse_caption(text: str) -> Spec | None:
             return Spec("single", [first])
         if rest[:2] == ["at", "the"] and len(rest) == 3 and rest[2] in POSITIONS:
             return Spec("position", [first], position=rest[2])
-        for rel in RELATIONS + ["and"]:
+        for rel in [*RELATIONS, "and"]:
             rw = rel.split()
             if rest[: len(rw)] == rw:
                 tail = rest[len(rw) :]
@@ -263,7 +263,9 @@ def layout_specs(layout: dict) -> list[Spec]:
     return out
 
 
-def sample_scenes(n: int, seed: int | None = None, size: int = 32, device="cpu", generator=None, kinds=None) -> SceneBatch:
+def sample_scenes(
+    n: int, seed: int | None = None, size: int = 32, device="cpu", generator=None, kinds=None
+) -> SceneBatch:
     """n random scenes with captions. Deterministic for a given (seed, n, size, device)."""
     if generator is None:
         generator = torch.Generator(device=device)

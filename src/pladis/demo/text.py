@@ -15,7 +15,7 @@ from .scenes import WORDS
 
 BOS, EOS, UNK = "<|startoftext|>", "<|endoftext|>", "<|unk|>"
 MAX_LEN = 77
-VOCAB = [BOS, EOS, UNK] + WORDS
+VOCAB = [BOS, EOS, UNK, *WORDS]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -45,7 +45,7 @@ def fast_ids(captions: list[str], device="cpu") -> torch.Tensor:
     vocab = {w: i for i, w in enumerate(VOCAB)}
     out = torch.full((len(captions), MAX_LEN), vocab[EOS], dtype=torch.long)
     for i, c in enumerate(captions):
-        ids = [vocab[BOS]] + [vocab.get(w, vocab[UNK]) for w in c.lower().split()][: MAX_LEN - 2] + [vocab[EOS]]
+        ids = [vocab[BOS], *[vocab.get(w, vocab[UNK]) for w in c.lower().split()][: MAX_LEN - 2], vocab[EOS]]
         out[i, : len(ids)] = torch.tensor(ids)
     return out.to(device)
 

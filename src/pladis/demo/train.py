@@ -90,12 +90,14 @@ def train(
     text.to(dev).train()
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01, betas=(0.9, 0.99))
-    ema = {"unet": copy.deepcopy(unet).eval().requires_grad_(False), "text": copy.deepcopy(text).eval().requires_grad_(False)}
+    ema = {
+        "unet": copy.deepcopy(unet).eval().requires_grad_(False),
+        "text": copy.deepcopy(text).eval().requires_grad_(False),
+    }
     sched = train_scheduler(cfg)
     ac = sched.alphas_cumprod.to(dev)
 
     step, images_seen, total = 0, 0, steps
-    log_rows: list[list] = []
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=dev, weights_only=False)
         unet.load_state_dict(ck["unet"])
@@ -112,14 +114,21 @@ def train(
     def save(final=False):
         torch.save(
             dict(
-                unet=unet.state_dict(), text=text.state_dict(), ema_unet=ema["unet"].state_dict(),
-                ema_text=ema["text"].state_dict(), opt=opt.state_dict(), step=step, images_seen=images_seen,
-                total_steps=total, args=args, config=cfg,
+                unet=unet.state_dict(),
+                text=text.state_dict(),
+                ema_unet=ema["unet"].state_dict(),
+                ema_text=ema["text"].state_dict(),
+                opt=opt.state_dict(),
+                step=step,
+                images_seen=images_seen,
+                total_steps=total,
+                args=args,
+                config=cfg,
             ),
             ckpt_path,
         )
 
-    log_f = open(out / "loss_log.csv", "a", newline="")
+    log_f = open(out / "loss_log.csv", "a", newline="")  # noqa: SIM115
     logw = csv.writer(log_f)
     if step == 0:
         logw.writerow(["step", "images", "loss", "lr", "elapsed_s", "images_per_s"])
@@ -203,8 +212,13 @@ def train(
     log_f.close()
     wall = time.time() - t_start
     meta = dict(
-        steps=step, total_steps=total, images_seen=images_seen, final_loss=last_loss, wall_s=round(wall, 1),
-        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu", **args,
+        steps=step,
+        total_steps=total,
+        images_seen=images_seen,
+        final_loss=last_loss,
+        wall_s=round(wall, 1),
+        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        **args,
     )
     if export:
         save_weights(ema["unet"], ema["text"], cfg, out / "weights", meta=meta)
@@ -230,8 +244,17 @@ def main(argv=None):
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     train(
-        out_dir=a.out, steps=a.steps, max_minutes=a.max_minutes, batch_size=a.batch_size, lr=a.lr, seed=a.seed,
-        device=a.device, resume=not a.no_resume, log_every=a.log_every, save_every=a.save_every, progress=not a.no_progress,
+        out_dir=a.out,
+        steps=a.steps,
+        max_minutes=a.max_minutes,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        device=a.device,
+        resume=not a.no_resume,
+        log_every=a.log_every,
+        save_every=a.save_every,
+        progress=not a.no_progress,
     )
 
 
