@@ -10,7 +10,7 @@ import time
 import torch
 
 import pladis
-from pladis.tiny import tiny_sdxl_pipeline
+from pladis.testing.unet import tiny_sdxl_pipeline
 
 
 def generate(pipe, size: int, steps: int, guidance: float):

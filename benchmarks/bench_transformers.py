@@ -31,7 +31,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     import pladis
-    from pladis.tiny_transformers import tiny_flux_pipeline, tiny_sd3_pipeline
+    from pladis.testing.transformers import tiny_flux_pipeline, tiny_sd3_pipeline
 
     pladis.set_backend(args.backend)
     size = dict(height=32, width=32)

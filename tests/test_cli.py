@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 import pladis
 from pladis import cli
+from pladis.cli import common, loading
+from pladis.cli import generate as generate_command
 from pladis.compare import DEFAULT_BORDER, grid_layout, labelled_grid
 
 runner = CliRunner()
@@ -19,7 +21,7 @@ SIZE = 64
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from pladis.tiny import tiny_sd15_pipeline
+    from pladis.testing.unet import tiny_sd15_pipeline
 
     path = tmp_path_factory.mktemp("tiny-sd15")
     tiny_sd15_pipeline().save_pretrained(path)
@@ -103,8 +105,8 @@ def test_scale_zero_is_the_stock_image(model_dir, tmp_path):
 
 def test_out_writes_only_the_pladis_image_and_leaves_the_pipeline_clean(model_dir, tmp_path, monkeypatch):
     loaded = []
-    load = cli.load_pipeline
-    monkeypatch.setattr(cli, "load_pipeline", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    load = loading.load_pipeline
+    monkeypatch.setattr(generate_command, "load_pipeline", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
     out = tmp_path / "sub" / "pladis.png"
     result = generate(model_dir, "--out", out, "--scheduler", "euler", "--freeu", "0.9,0.2,1.5,1.6")
     assert result.exit_code == 0, result.output
@@ -126,7 +128,7 @@ def test_missing_model_path_is_one_clear_line(tmp_path):
 
 
 def test_unreachable_hub_is_one_clear_line(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(loading, "_hub_reachable", lambda *a, **k: False)
     result = runner.invoke(
         cli.app, ["generate", "--model", "pladis-tests/not-cached", "--prompt", "x", "--out", str(tmp_path / "o.png")]
     )
@@ -140,9 +142,11 @@ def test_pladis_errors_are_reported_before_any_generation(model_dir, tmp_path, m
         raise ValueError("no cross-attention found in FakePipeline: pass a text-conditioned pipeline")
 
     monkeypatch.setattr(pladis, "apply", refuse)
-    monkeypatch.setattr(cli, "run_pipeline", lambda *a, **k: pytest.fail("generated before checking PLADIS"))
+    monkeypatch.setattr(
+        generate_command, "run_pipeline", lambda *a, **k: pytest.fail("generated before checking PLADIS")
+    )
     result = generate(model_dir, "--compare", tmp_path / "cmp.png")
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines()[-1] == (
         "error: no cross-attention found in FakePipeline: pass a text-conditioned pipeline"
     )
@@ -183,13 +187,14 @@ def test_ablation_options_reach_pladis(model_dir, tmp_path):
     assert np.abs(stock.astype(int) - image).max() > 0
     settings = json.loads(Image.open(path).text["pladis:settings"])
     assert settings["layers"] == ["up"] and settings["timesteps"] == [0.0, 1000.0] and settings["temperature"] == 0.5
-    # a window no timestep falls in gives the stock image
-    empty = tmp_path / "empty.png"
-    assert generate(model_dir, "--timesteps", "2000,3000", "--compare", empty).exit_code == 0
-    stock, image = panels(empty)
-    assert np.array_equal(stock, image)
+    # a window outside 0..1000, or one that selects no step of the run, is a usage error, not a silent stock image
+    result = generate(model_dir, "--timesteps", "2000,3000", "--compare", tmp_path / "outside.png")
+    assert result.exit_code == 2 and "0 <= low <= high <= 1000" in result.stderr
+    result = generate(model_dir, "--timesteps", "999.5,1000", "--compare", tmp_path / "empty.png")
+    assert result.exit_code != 0 and "selects none of this run's steps" in result.stderr
+    assert not (tmp_path / "empty.png").exists()
     result = generate(model_dir, "--layers", "nope", "--out", tmp_path / "o.png")
-    assert result.exit_code != 0 and "matches no cross-attention module" in result.stderr
+    assert result.exit_code == 2 and "matches no cross-attention module" in result.stderr
 
 
 def test_nothing_to_write_is_an_error(model_dir):
@@ -198,13 +203,13 @@ def test_nothing_to_write_is_an_error(model_dir):
 
 
 def test_parse_size_and_freeu():
-    assert cli.parse_size("1024") == (1024, 1024)
-    assert cli.parse_size("768x512") == (768, 512)
-    assert cli.parse_size(None) is None
-    assert cli.parse_freeu("0.9, 0.2,1.5,1.6") == {"s1": 0.9, "s2": 0.2, "b1": 1.5, "b2": 1.6}
+    assert common.parse_size("1024") == (1024, 1024)
+    assert common.parse_size("768x512") == (768, 512)
+    assert common.parse_size(None) is None
+    assert common.parse_freeu("0.9, 0.2,1.5,1.6") == {"s1": 0.9, "s2": 0.2, "b1": 1.5, "b2": 1.6}
     for bad in ("0", "x512", "768x", "-8"):
-        with pytest.raises(cli.CLIError):
-            cli.parse_size(bad)
+        with pytest.raises(common.CLIError):
+            common.parse_size(bad)
 
 
 def test_build_call_kwargs_keeps_what_the_pipeline_takes():
@@ -212,10 +217,10 @@ def test_build_call_kwargs_keeps_what_the_pipeline_takes():
         def __call__(self, prompt, num_inference_steps=50, guidance_scale=7.5, height=None, width=None):
             pass
 
-    kwargs, ignored = cli.build_call_kwargs(
+    kwargs, ignored = loading.build_call_kwargs(
         Pipe(), prompt="p", negative_prompt="n", num_inference_steps=4, guidance_scale=None, max_sequence_length=256
     )
     assert kwargs == {"prompt": "p", "num_inference_steps": 4}
     assert ignored == ["negative_prompt", "max_sequence_length"]
-    assert cli.call_default(Pipe(), "guidance_scale") == 7.5
-    assert cli.call_default(Pipe(), "num_inference_steps", 3) == 3
+    assert loading.call_default(Pipe(), "guidance_scale") == 7.5
+    assert loading.call_default(Pipe(), "num_inference_steps", 3) == 3

@@ -88,7 +88,7 @@ def test_pladis_on_demo_pipeline(pipe):
 def test_demo_command_writes_grid(tmp_path, pipe):
     from PIL import Image
 
-    from pladis.demo.commands import demo
+    from pladis.cli.demo import demo
 
     out = tmp_path / "demo.png"
     demo(

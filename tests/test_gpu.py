@@ -5,7 +5,7 @@ import torch
 
 import pladis
 from pladis.attention import pladis_attention
-from pladis.tiny import tiny_sd15_pipeline, tiny_sdxl_pipeline
+from pladis.testing.unet import tiny_sd15_pipeline, tiny_sdxl_pipeline
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -16,10 +16,10 @@ import torch
 import pladis
 import pladis.attention
 import pladis.joint
-from pladis.adapters import PladisProcessor, record_attention
+from pladis.adapters import AttentionHook, hook_of, record_attention
 from pladis.entmax import entmax, masked_softmax
 from pladis.families import family_of
-from pladis.tiny_transformers import tiny_transformer
+from pladis.testing.transformers import tiny_transformer
 
 MIN_CHANGE = 1e-4  # smallest mean |change| that counts as "PLADIS changed the output"
 SOFTMAX_TOL = 2e-5  # alpha = 1 against the stock model, fp32
@@ -86,18 +86,17 @@ def mean_change(a, b) -> float:
 def test_targets_and_remove_restore_exactly(case):
     tiny, stock = backbone(case)
     originals = {name: module.processor for name, module in tiny.model.named_modules() if hasattr(module, "processor")}
-    hooks_before = {name: len(m._forward_pre_hooks) for name, m in tiny.model.named_modules()}
+    forwards_before = {name: m.forward for name, m in tiny.model.named_modules()}
     pladis.apply(tiny.model)
-    patched = {
-        name for name, m in tiny.model.named_modules() if isinstance(getattr(m, "processor", None), PladisProcessor)
-    }
+    patched = {name for name, m in tiny.model.named_modules() if isinstance(hook_of(m), AttentionHook)}
     assert patched == EXPECTED_TARGETS[case]
     assert tiny().shape == stock.shape  # the model's own forward call, unchanged
     assert pladis.remove(tiny.model) == len(patched)
     assert all(m.processor is originals[name] for name, m in tiny.model.named_modules() if name in originals)
     assert torch.equal(tiny(), stock)
-    # remove takes off every hook apply added (timestep and text length)
-    assert {name: len(m._forward_pre_hooks) for name, m in tiny.model.named_modules()} == hooks_before
+    # remove takes off every hook apply added (attention, timestep and text length): the forwards are the originals
+    assert all(hook_of(m) is None for m in tiny.model.modules())
+    assert {name: m.forward for name, m in tiny.model.named_modules()} == forwards_before
 
 
 @pytest.mark.parametrize("case", BACKBONES)
@@ -360,7 +359,7 @@ SIZE = dict(height=32, width=32)
     ],
 )  # fmt: skip
 def test_pipeline_call_styles(build, build_kwargs, kwargs):
-    from pladis import tiny_transformers
+    from pladis.testing import transformers as tiny_transformers
 
     pipe = getattr(tiny_transformers, build)(**build_kwargs)
     stock = generate(pipe, **kwargs)
@@ -374,7 +373,7 @@ def test_pipeline_call_styles(build, build_kwargs, kwargs):
 
 def test_pixart_pipeline_masks_the_t5_padding():
     """The pipeline's own T5 padding mask reaches every PLADIS layer: padded tokens get exactly 0."""
-    from pladis.tiny_transformers import tiny_pixart_sigma_pipeline
+    from pladis.testing.transformers import tiny_pixart_sigma_pipeline
 
     pipe = tiny_pixart_sigma_pipeline()
     handle = pladis.apply(pipe)
@@ -397,7 +396,8 @@ def test_pixart_pipeline_masks_the_t5_padding():
 def test_cli_generates_with_transformer_pipelines(build, options, tmp_path):
     from typer.testing import CliRunner
 
-    from pladis import cli, tiny_transformers
+    from pladis import cli
+    from pladis.testing import transformers as tiny_transformers
 
     getattr(tiny_transformers, build)().save_pretrained(tmp_path / "model")
     result = CliRunner().invoke(cli.app, ["generate", "--model", str(tmp_path / "model"), "--prompt", "a red cube",

@@ -3,23 +3,32 @@
 handle = pladis.apply(pipe, scale=2.0, alpha=1.5)   # every cross-attention of every denoiser
 image = pipe(prompt).images[0]
 handle.scale = 0.0                                  # the untouched model, bit for bit
-pladis.remove(pipe)                                 # the very processors that were there come back
+pladis.remove(pipe)                                 # every hook PLADIS put in goes; nothing else changed
 """
 
 from __future__ import annotations
 
 import fnmatch
-import inspect
 import warnings
 from collections.abc import Iterable, Sequence
 
 import torch
 
-from .adapters import PladisProcessor, Settings, find_targets
+from . import families
+from .adapters import (
+    AttentionHook,
+    InputsHook,
+    Settings,
+    attention_hooks,
+    check_backend,
+    hook_of,
+    install,
+    make_attend,
+    uninstall,
+    unknown_processor_message,
+)
 from .attention import check_scale, check_temperature
 from .entmax import check_alpha
-
-LAYER_GROUPS = {"down": "down_blocks.*", "mid": "mid_block.*", "up": "up_blocks.*"}
 
 
 def _models(target) -> list[tuple[str, torch.nn.Module]]:
@@ -40,63 +49,60 @@ def _check_timesteps(timesteps) -> tuple[float, float] | None:
     try:
         low, high = (float(t) for t in timesteps)
     except (TypeError, ValueError):
-        raise ValueError(f"timesteps must be a (low, high) pair of numbers, got {timesteps!r}") from None
-    if not low <= high:
-        raise ValueError(f"timesteps window needs low <= high, got {timesteps!r}")
+        raise ValueError(f"timesteps must be a (low, high) pair of numbers in 0..1000, got {timesteps!r}") from None
+    if not 0 <= low <= high <= 1000:
+        raise ValueError(
+            f"timesteps window must satisfy 0 <= low <= high <= 1000 (scheduler units for every model, "
+            f"1000 = pure noise), got {timesteps!r}"
+        )
     return low, high
 
 
-def _select(names: list[str], layers: Sequence[str] | None) -> set[str]:
-    """The qualified module names picked by `layers` (groups or fnmatch patterns); all when None."""
+def _check_layers(layers) -> list[str] | None:
     if layers is None:
-        return set(names)
+        return None
     if isinstance(layers, str):
         layers = [layers]
+    try:
+        entries = list(layers)
+    except TypeError:
+        raise ValueError(f"layers must be a list of group names or module-name patterns, got {layers!r}") from None
+    if not entries or not all(isinstance(e, str) and e for e in entries):
+        raise ValueError(
+            f"layers must be a non-empty list of group names (e.g. down, mid, up) or module-name patterns "
+            f"(e.g. 'up_blocks.0.*'), got {layers!r}; use layers=None for every cross-attention"
+        )
+    return entries
+
+
+def _select(found: list[tuple[str, str, families.Family]], layers: list[str] | None) -> set[str]:
+    """The qualified module names picked by `layers` (groups or fnmatch patterns); all when None."""
+    names = [name for name, _, _ in found]
+    if layers is None:
+        return set(names)
     chosen: set[str] = set()
     for entry in layers:
-        pattern = LAYER_GROUPS.get(entry, entry)
-        hits = {
-            n for n in names if fnmatch.fnmatchcase(n, pattern) or fnmatch.fnmatchcase(n.split(".", 1)[-1], pattern)
-        }
+        hits = set()
+        for name, local, family in found:
+            pattern = family.layer_groups.get(entry, entry)
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(local, pattern):
+                hits.add(name)
         if not hits:
-            sample = ", ".join(names[:4])
+            groups = sorted({g for _, _, f in found for g in f.layer_groups})
             raise ValueError(
                 f"layers entry {entry!r} matches no cross-attention module. Use a group "
-                f"({', '.join(LAYER_GROUPS)}) or a pattern on module names such as {sample}"
+                f"({', '.join(groups) or 'none for this model'}) or a pattern on module names such as "
+                f"{', '.join(names[:3])}"
             )
         chosen |= hits
     return chosen
 
 
-def _input_position(model: torch.nn.Module, name: str) -> int | None:
-    params = list(inspect.signature(getattr(model, "_orig_mod", model).forward).parameters)  # through torch.compile
-    return params.index(name) if name in params else None
-
-
-def _forward_inputs_hook(settings: Settings, model: torch.nn.Module):
-    """Records the denoiser's timestep (for the window) and text length (for joint attention) on each forward."""
-    t_position = _input_position(model, "timestep")
-    text_position = _input_position(model, "encoder_hidden_states")
-
-    def argument(args, kwargs, name, position):
-        if name in kwargs:
-            return kwargs[name]
-        return args[position] if position is not None and len(args) > position else None
-
-    def record(module, args, kwargs):
-        t = argument(args, kwargs, "timestep", t_position) if settings.timesteps is not None else None
-        if t is not None:  # read only for a window: on a GPU this is a sync
-            settings.timestep = float(t.flatten()[0]) if torch.is_tensor(t) else float(t)
-        text = argument(args, kwargs, "encoder_hidden_states", text_position)
-        settings.text_length = int(text.shape[1]) if torch.is_tensor(text) and text.dim() == 3 else None
-
-    return record
-
-
 class Pladis:
     """What `apply` returns: live settings, a context manager that removes PLADIS on exit, and a caller.
 
-    `handle(prompt, pladis_scale=3.0, **kwargs)` runs the pipeline at that scale for this call only.
+    `handle(prompt, pladis_scale=3.0, **kwargs)` runs the pipeline at that scale for this call only (per thread:
+    other threads keep the handle's scale).
     """
 
     def __init__(self, target, settings: Settings):
@@ -105,7 +111,7 @@ class Pladis:
 
     def _live_settings(self) -> Settings:
         """The settings, if some module still runs with them; else this handle was removed or replaced."""
-        if not any(p.settings is self.settings for _, p in _patched(self.target)):
+        if not any(h.settings is self.settings for _, h in _hooks(self.target)):
             raise RuntimeError(
                 "this PLADIS handle no longer drives any module: it was removed, or replaced by a later "
                 "pladis.apply; use the handle that the last pladis.apply returned (or pladis.set_scale(pipe, ...))"
@@ -148,12 +154,12 @@ class Pladis:
     def __call__(self, *args, pladis_scale: float | None = None, **kwargs):
         if pladis_scale is None:
             return self.target(*args, **kwargs)
-        before = self.scale
-        self.scale = pladis_scale
+        call = self._live_settings().call
+        before, call.scale = call.scale, check_scale(pladis_scale)
         try:
             return self.target(*args, **kwargs)
         finally:
-            self.settings.scale = before
+            call.scale = before
 
     def __repr__(self) -> str:
         s = self.settings
@@ -168,13 +174,17 @@ def apply(
     layers: Sequence[str] | None = None,
     timesteps: Iterable[float] | None = None,
     temperature: float = 1.0,
+    check_finite: bool = True,
 ) -> Pladis:
     """Turn PLADIS on for every cross-attention of a diffusers pipeline (unet, controlnet, transformer) or module.
 
     scale: the PLADIS scale lambda (0 = the untouched model; the paper uses 2). alpha: the entmax alpha in [1, 2]
-    (1.5 by default; 1 = softmax, 2 = sparsemax). layers: groups "down", "mid", "up" or fnmatch patterns on module
-    names (e.g. "up_blocks.1.*"); all cross-attentions when None. timesteps: (low, high) window of the denoiser's
-    timestep value in which PLADIS acts. temperature: divides the scores of the sparse branch only.
+    (1.5 by default; 1 = softmax, 2 = sparsemax). layers: groups of the model's family ("down", "mid", "up" for
+    UNets; "double", "single" for FLUX; "blocks" for other transformers) or fnmatch patterns on module names (e.g.
+    "up_blocks.1.*"); all cross-attentions when None. timesteps: (low, high) window in scheduler units (0..1000, the
+    same for every model; 1000 = pure noise) in which PLADIS acts; a window that selects no step of a run raises.
+    temperature: divides the scores of the sparse branch only. check_finite: raise if the denoiser returns NaN/inf
+    with PLADIS on (one device sync per denoiser call; off under torch.compile).
     Applying again replaces the previous application.
     """
     settings = Settings(
@@ -182,89 +192,80 @@ def apply(
         alpha=check_alpha(alpha),
         temperature=check_temperature(temperature),
         timesteps=_check_timesteps(timesteps),
+        check_finite=bool(check_finite),
     )
-    previous = _patched(target)
-    for module, processor in previous:  # find targets on the original processors
-        module.set_processor(processor.original)
-    try:
-        found = [
-            (component, name, module, attend)
-            for component, model in _models(target)
-            for name, module, attend in find_targets(model, settings)
-        ]
-        if not found:
-            raise ValueError(
-                f"no cross-attention found in {type(target).__name__}: PLADIS changes the attention from image to "
-                "text tokens, so pass a text-conditioned pipeline or its denoiser (pipe.unet, pipe.transformer)"
-            )
-        qualified = [f"{c}.{n}" if c else n for c, n, _, _ in found]
-        chosen = _select(qualified, layers)
-    except Exception:
-        for module, processor in previous:  # a failed apply leaves the previous application in place
-            module.set_processor(processor)
-        raise
+    chosen_layers = _check_layers(layers)
+    found = []  # (qualified name, local name, component, module, rule, family)
+    for component, model in _models(target):
+        family = families.family_of(model)
+        targets = families.targets(model)
+        if family is families.GENERIC:
+            _check_unknown_joint(model, bool(targets))
+        for name, module, rule in targets:
+            check_backend(name, module)
+            if family.processors and type(module.processor).__name__ not in family.processors:
+                raise ValueError(unknown_processor_message(name, type(module.processor).__name__, family))
+            qualified = f"{component}.{name}" if component else name
+            found.append((qualified, name, component, module, rule, family))
+    if not found:
+        raise ValueError(
+            f"no cross-attention found in {type(target).__name__}: PLADIS changes the attention from image to "
+            "text tokens, so pass a text-conditioned pipeline or its denoiser (pipe.unet, pipe.transformer)"
+        )
+    chosen = _select([(q, n, f) for q, n, _, _, _, f in found], chosen_layers)
     remove(target)
+    scheduler = getattr(target, "scheduler", None)
+    models = dict(_models(target))
     hooked = set()
-    for (component, _name, module, attend), full_name in zip(found, qualified):
-        if full_name not in chosen:
+    for qualified, _, component, module, rule, family in found:
+        if qualified not in chosen:
             continue
-        module.set_processor(PladisProcessor(module.processor, settings, full_name, attend))
+        install(module, AttentionHook(make_attend(rule, settings, qualified), family))
         if component not in hooked:
             hooked.add(component)
-            model = dict(_models(target))[component]
-            hook = model.register_forward_pre_hook(_forward_inputs_hook(settings, model), with_kwargs=True)
-            model.__dict__["_pladis_hook"] = hook  # removed with this model's processors by `remove`
-    _warn_weighted_processors(
-        [n for (_, _, m, _), n in zip(found, qualified) if n in chosen and _has_weights(m.processor)]
-    )
+            model = models[component]
+            install(model, InputsHook(settings, family, model, scheduler))
     return Pladis(target, settings)
 
 
-def _has_weights(processor: PladisProcessor) -> bool:
-    return isinstance(processor.original, torch.nn.Module) and any(True for _ in processor.original.parameters())
+def _check_unknown_joint(model: torch.nn.Module, has_cross: bool) -> None:
+    joint = families.unknown_joint_modules(model)
+    if not joint:
+        return
+    names = ", ".join(joint[:3]) + (", ..." if len(joint) > 3 else "")
+    message = (
+        f"pladis: {type(model).__name__} has joint text-image attention ({names}) in a layout pladis does not "
+        "know, so PLADIS cannot enter it; supported joint-attention models: see pladis.families.FAMILIES"
+    )
+    if not has_cross:
+        raise ValueError(message)
+    warnings.warn(message + "; only its cross-attention modules get PLADIS", stacklevel=3)
 
 
-def _warn_weighted_processors(names: list[str]) -> None:
-    if names:
-        warnings.warn(
-            f"pladis: {len(names)} cross-attention processors carry their own weights (IP-Adapter), e.g. {names[0]}. "
-            "PLADIS wraps them, so while it is applied diffusers' set_ip_adapter_scale / unload_ip_adapter do not "
-            "see them and their state_dict keys gain '.original'. Set the IP-Adapter scale before pladis.apply, or "
-            "pladis.remove first.",
-            stacklevel=3,
-        )
-
-
-def _patched(target) -> list[tuple[torch.nn.Module, PladisProcessor]]:
-    return [
-        (module, module.processor)
-        for _, model in _models(target)
-        for module in model.modules()
-        if isinstance(getattr(module, "processor", None), PladisProcessor)
-    ]
+def _hooks(target) -> list[tuple[torch.nn.Module, AttentionHook]]:
+    return [pair for _, model in _models(target) for pair in attention_hooks(model)]
 
 
 def remove(target) -> int:
-    """Put back the original processors wherever PLADIS was applied; returns how many were restored."""
-    patched = _patched(target)
-    for module, processor in patched:
-        module.set_processor(processor.original)
+    """Take PLADIS off wherever it was applied; returns how many attention modules it was on."""
+    count = 0
     for _, model in _models(target):
-        hook = model.__dict__.pop("_pladis_hook", None)
-        if hook is not None:
-            hook.remove()
-    return len(patched)
+        for module, _ in attention_hooks(model):
+            count += uninstall(module)
+        if isinstance(hook_of(model), InputsHook):
+            uninstall(model)
+    return count
 
 
 def is_applied(target) -> bool:
-    return bool(_patched(target))
+    return bool(_hooks(target))
 
 
 def set_scale(target, scale: float) -> None:
     """Change the PLADIS scale of an applied pipeline or model without re-applying."""
     scale = check_scale(scale)
-    patched = _patched(target)
-    if not patched:
+    hooks = _hooks(target)
+    if not hooks:
         raise ValueError("PLADIS is not applied to this pipeline/model; call pladis.apply(...) first")
-    for settings in {id(p.settings): p.settings for _, p in patched}.values():
+    for settings in {id(h.settings): h.settings for _, h in hooks}.values():
         settings.scale = scale

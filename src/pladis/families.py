@@ -1,28 +1,54 @@
-"""Model-family knowledge: which attention modules of which diffusers model PLADIS enters, and how.
+"""Model-family knowledge as data: which attention modules of which diffusers model PLADIS enters, and how.
 
-`pladis.adapters.find_targets` asks `family_targets(model, settings)` first; a model no family names gets the
-generic treatment (every module with `is_cross_attention`, joint attention reported as unsupported). Each family is
-a small function returning `(name, module, attend)` triples (attend None = plain cross-attention over all keys):
+One `Family` per model family; `FAMILIES` is the table, `family_of(model)` looks a model up (by its class or a base
+class) and falls back to `GENERIC` (every module flagged `is_cross_attention`: SD1.5, SDXL, ControlNet, ...).
+Each family lists `Rule`s: a rule picks modules (by name pattern, or by the `is_cross_attention` flag) and says
+what kind of attention they compute:
 
-- cross-attention transformers (SANA, PixArt-Sigma, Wan, LTX-Video): the text attention is a separate
-  cross-attention module; PLADIS replaces its map over the text keys, padding masks included;
-- joint attention (MMDiT: FLUX, SD3/SD3.5, CogVideoX): text and image tokens share one attention; one adapter,
-  `pladis.adapters.JointAttend`, changes only the image-query rows' text block (see `pladis.joint`). A family only
-  says where the text tokens are (first or last in the sequence) and how many there are.
+- "cross": a separate cross-attention (UNets, SANA, PixArt-Sigma, Wan, LTX-Video); PLADIS replaces its map over
+  all keys (the text), padding masks included;
+- "joint": text and image tokens share one attention (MMDiT: FLUX, SD3/SD3.5, CogVideoX); PLADIS changes only the
+  image-query rows' text block (`pladis.joint`). The rule says where the text sits (first or last) and where its
+  length comes from (the module call's `encoder_hidden_states`, or the denoiser's, recorded per forward).
 
-Adding a model is adding an entry to `FAMILIES`.
+`timestep_scale` converts the denoiser's timestep argument to scheduler units (0..1000) in which timestep windows
+are given for every family (FLUX's pipelines pass t/1000). Adding a model is adding a row; no code elsewhere.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
-from .adapters import JointAttend, Settings, _attend_cross, cross_attention_modules
+AttentionKind = Literal["cross", "joint"]
 
-Target = tuple[str, torch.nn.Module, Callable | None]
+
+@dataclass(frozen=True)
+class Rule:
+    """Picks modules of a model and says how PLADIS enters them."""
+
+    pattern: str  # fnmatch on module names; "" = every module flagged is_cross_attention
+    kind: AttentionKind = "cross"
+    text: Literal["all", "first", "last"] = "all"  # where the text keys are in the attended sequence
+    text_length: Literal["call", "recorded"] = "call"  # joint: from the call's encoder_hidden_states, or recorded
+    sdpa_call: int = 0  # which attention call of the processor is the text attention (0 = the first)
+    requires: str | None = None  # the module must have this attribute set (not None)
+    excludes: str | None = None  # ... and must not have this one set
+
+    def matches(self, name: str, module: torch.nn.Module) -> bool:
+        if not is_attention_module(module):
+            return False
+        if self.pattern:
+            if not fnmatch.fnmatchcase(name, self.pattern):
+                return False
+        elif not getattr(module, "is_cross_attention", False):
+            return False
+        if self.requires and getattr(module, self.requires, None) is None:
+            return False
+        return not (self.excludes and getattr(module, self.excludes, None) is not None)
 
 
 @dataclass(frozen=True)
@@ -30,161 +56,95 @@ class Family:
     name: str  # as people call the models
     models: tuple[str, ...]  # diffusers model class names (subclasses match too)
     how: str  # how PLADIS enters, for the docs
-    targets: Callable[[torch.nn.Module, Settings], list[Target]]
+    rules: tuple[Rule, ...]
+    processors: tuple[str, ...] = ()  # joint attention: the processor classes whose layout is known
+    layer_groups: dict[str, str] = field(default_factory=dict)  # group name -> fnmatch pattern on module names
+    timestep_scale: float = 1.0  # denoiser timestep x this = scheduler units (0..1000)
+    timestep_config: str | None = None  # a config entry the pipeline multiplies the timestep by (SANA)
+
+    def scheduler_units(self, model: torch.nn.Module, timestep: float) -> float:
+        """The denoiser's timestep argument in scheduler units (0..1000)."""
+        divisor = float(getattr(getattr(model, "config", None), self.timestep_config or "", None) or 1.0)
+        return timestep * self.timestep_scale / divisor
 
 
-def _check_processor(name: str, module: torch.nn.Module, known: tuple[str, ...], family: str) -> None:
-    """Joint attention is entered through a processor whose layout pladis knows; refuse any other."""
-    processor = module.processor
-    cls = type(processor).__name__
-    if cls not in known:
-        raise ValueError(
-            f"pladis: '{name}' uses the attention processor {cls}, which pladis does not know for {family} joint "
-            f"attention (known: {', '.join(known)}); PLADIS needs to know where its text tokens are. Put the stock "
-            "processor back (e.g. model.set_attn_processor(...)) before pladis.apply"
-        )
+def is_attention_module(module: torch.nn.Module) -> bool:
+    return hasattr(module, "set_processor") and hasattr(module, "processor")
 
 
-# --------------------------------------------------------------------------- cross-attention transformers
+UNET_GROUPS = {"down": "down_blocks.*", "mid": "mid_block.*", "up": "up_blocks.*"}
+BLOCK_GROUPS = {"blocks": "transformer_blocks.*"}
+CROSS = (Rule(""),)
 
-
-def _cross(model: torch.nn.Module, settings: Settings) -> list[Target]:
-    return [(name, module, None) for name, module in cross_attention_modules(model)]
-
-
-def _wan(model: torch.nn.Module, settings: Settings) -> list[Target]:
-    targets = []
-    for name, module in cross_attention_modules(model):
-        attend = None
-        if getattr(module, "add_k_proj", None) is not None:
-            # image-to-video: the processor attends to the CLIP image tokens first, then to the text
-            attend = _attend_cross(settings, name)
-            attend.sdpa_call = 1
-        targets.append((name, module, attend))
-    return targets
-
-
-def _ltx(model: torch.nn.Module, settings: Settings) -> list[Target]:
-    # LTXAttention has no is_cross_attention flag: attn2 of each block attends to the text
-    return [(f"transformer_blocks.{i}.attn2", block.attn2, None) for i, block in enumerate(model.transformer_blocks)]
-
-
-# --------------------------------------------------------------------------- joint attention (MMDiT)
-
-FLUX_PROCESSORS = ("FluxAttnProcessor", "FluxIPAdapterAttnProcessor")
-SD3_PROCESSORS = ("JointAttnProcessor2_0", "FusedJointAttnProcessor2_0", "SD3IPAdapterJointAttnProcessor2_0")
-COGVIDEOX_PROCESSORS = ("CogVideoXAttnProcessor2_0", "FusedCogVideoXAttnProcessor2_0")
-
-
-def _recorded_text_length(settings: Settings, name: str) -> Callable:
-    """Text length of a FLUX single-stream block: the block has already joined [text, image], so the length is the
-    one the transformer's forward pre-hook (installed by `pladis.apply`) recorded from its encoder_hidden_states."""
-
-    def text_length(args: tuple, kwargs: dict) -> int:
-        if settings.text_length is None:
-            raise RuntimeError(
-                f"pladis: the text length for '{name}' was not recorded (the transformer's forward did not run, or "
-                "ran without encoder_hidden_states); apply PLADIS to the transformer or pipeline, not to a block"
-            )
-        return settings.text_length
-
-    return text_length
-
-
-def _flux(model: torch.nn.Module, settings: Settings) -> list[Target]:
-    double = [(f"transformer_blocks.{i}.attn", b) for i, b in enumerate(model.transformer_blocks)]
-    single = [(f"single_transformer_blocks.{i}.attn", b) for i, b in enumerate(model.single_transformer_blocks)]
-    for name, block in double + single:
-        _check_processor(name, block.attn, FLUX_PROCESSORS, "FLUX")
-    # double stream: the text comes in as encoder_hidden_states (add_*_proj projections) and leads the sequence
-    targets = [(name, block.attn, JointAttend(settings, name, text_first=True)) for name, block in double]
-    # single stream: the block has already joined [text, image]; the transformer's forward records the text length
-    targets += [
-        (
-            name,
-            block.attn,
-            JointAttend(settings, name, text_first=True, text_length=_recorded_text_length(settings, name)),
-        )
-        for name, block in single
-    ]
-    return targets
-
-
-def _sd3(model: torch.nn.Module, settings: Settings) -> list[Target]:
-    # JointTransformerBlock.attn: [image, text]; SD3.5's attn2 (MMDiT-X) and the text-free blocks of SD3.5
-    # ControlNets are image self-attention, left alone
-    targets = []
-    for i, block in enumerate(model.transformer_blocks):
-        name = f"transformer_blocks.{i}.attn"
-        if getattr(block.attn, "added_kv_proj_dim", None) is None:
-            continue
-        _check_processor(name, block.attn, SD3_PROCESSORS, "SD3")
-        targets.append((name, block.attn, JointAttend(settings, name, text_first=False)))
-    return targets
-
-
-def _cogvideox(model: torch.nn.Module, settings: Settings) -> list[Target]:
-    # the processor itself joins [text, video] from the encoder_hidden_states it is given
-    targets = []
-    for i, block in enumerate(model.transformer_blocks):
-        name = f"transformer_blocks.{i}.attn1"
-        _check_processor(name, block.attn1, COGVIDEOX_PROCESSORS, "CogVideoX")
-        targets.append((name, block.attn1, JointAttend(settings, name, text_first=True)))
-    return targets
-
+GENERIC = Family(
+    "UNet (SD 1.5, SDXL, ControlNet, ...)",
+    ("UNet2DConditionModel", "ControlNetModel", "ControlNetXSAdapter", "UNetMotionModel"),
+    "every attention module flagged `is_cross_attention` (`attn2`), native fast path for stock processors",
+    CROSS,
+    layer_groups=UNET_GROUPS,
+)
 
 FAMILIES: dict[str, Family] = {
     family.name: family
     for family in (
+        GENERIC,
         Family(
             "SANA",
             ("SanaTransformer2DModel",),
-            "cross-attention `attn2` of each block (SanaAttnProcessor2_0, "
-            "intercepted), text padding mask as an additive bias",
-            _cross,
+            "cross-attention `attn2` of each block, text padding mask as an additive bias",
+            CROSS,
+            layer_groups=BLOCK_GROUPS,
+            timestep_config="timestep_scale",
         ),
         Family(
             "PixArt-Sigma",
             ("PixArtTransformer2DModel",),
-            "cross-attention `attn2` of each block "
-            "(AttnProcessor2_0, native path), T5 padding mask as an additive bias",
-            _cross,
+            "cross-attention `attn2` of each block (native path), T5 padding mask as an additive bias",
+            CROSS,
+            layer_groups=BLOCK_GROUPS,
         ),
         Family(
             "Wan 2.x",
             ("WanTransformer3DModel",),
-            "cross-attention `attn2` of each block (WanAttnProcessor, "
-            "intercepted); for image-to-video the text attention (the 2nd SDPA call) only",
-            _wan,
+            "cross-attention `attn2` of each block; in image-to-video only the text attention (the 2nd call)",
+            (Rule("", excludes="add_k_proj"), Rule("", requires="add_k_proj", sdpa_call=1)),
+            layer_groups={"blocks": "blocks.*"},
         ),
         Family(
             "LTX-Video",
             ("LTXVideoTransformer3DModel",),
-            "cross-attention `attn2` of each block "
-            "(LTXVideoAttnProcessor, intercepted), text padding mask as an additive bias",
-            _ltx,
+            "cross-attention `attn2` of each block (no is_cross_attention flag), text padding mask as a bias",
+            (Rule("transformer_blocks.*.attn2"),),
+            layer_groups=BLOCK_GROUPS,
         ),
         Family(
             "FLUX",
             ("FluxTransformer2DModel", "FluxControlNetModel"),
-            "joint attention, text first: double-stream `attn` (text via "
-            "add_*_proj) and single-stream `attn` (text length recorded from the transformer's forward inputs); RoPE, QK "
-            "norms, IP-Adapter stay the processor's own",
-            _flux,
+            "joint attention, text first: double-stream `attn` (text via add_*_proj) and single-stream `attn` (text "
+            "length recorded from the transformer's inputs); RoPE, QK norms, IP-Adapter stay the processor's own",
+            (
+                Rule("transformer_blocks.*.attn", "joint", "first"),
+                Rule("single_transformer_blocks.*.attn", "joint", "first", text_length="recorded"),
+            ),
+            processors=("FluxAttnProcessor", "FluxIPAdapterAttnProcessor", "FluxAttnProcessor2_0"),
+            layer_groups={"double": "transformer_blocks.*", "single": "single_transformer_blocks.*"},
+            timestep_scale=1000.0,
         ),
         Family(
             "SD3 / SD3.5",
             ("SD3Transformer2DModel", "SD3ControlNetModel"),
-            "joint attention, text last: `attn` of each "
-            "JointTransformerBlock (JointAttnProcessor2_0); SD3.5's image-only `attn2` untouched",
-            _sd3,
+            "joint attention, text last: `attn` of each JointTransformerBlock; SD3.5's image-only `attn2` untouched",
+            (Rule("transformer_blocks.*.attn", "joint", "last", requires="added_kv_proj_dim"),),
+            processors=("JointAttnProcessor2_0", "FusedJointAttnProcessor2_0", "SD3IPAdapterJointAttnProcessor2_0"),
+            layer_groups=BLOCK_GROUPS,
         ),
         Family(
             "CogVideoX",
             ("CogVideoXTransformer3DModel",),
-            "joint attention, text first: `attn1` of each block "
-            "(CogVideoXAttnProcessor2_0), video RoPE stays the processor's own",
-            _cogvideox,
+            "joint attention, text first: `attn1` of each block; video RoPE stays the processor's own",
+            (Rule("transformer_blocks.*.attn1", "joint", "first"),),
+            processors=("CogVideoXAttnProcessor2_0", "FusedCogVideoXAttnProcessor2_0"),
+            layer_groups=BLOCK_GROUPS,
         ),
     )
 }
@@ -192,16 +152,32 @@ FAMILIES: dict[str, Family] = {
 _BY_MODEL = {model: family for family in FAMILIES.values() for model in family.models}
 
 
-def family_of(model: torch.nn.Module) -> Family | None:
-    """The family of `model` (by its class or a base class), or None."""
+def family_of(model: torch.nn.Module) -> Family:
+    """The family of `model` (by its class or a base class); `GENERIC` for a model no row names."""
     for cls in type(model).__mro__:
         family = _BY_MODEL.get(cls.__name__)
         if family is not None:
             return family
-    return None
+    return GENERIC
 
 
-def family_targets(model: torch.nn.Module, settings: Settings) -> list[Target] | None:
-    """The targets of `model` if a family knows it, else None (generic cross-attention scan)."""
-    family = family_of(model)
-    return None if family is None else family.targets(model, settings)
+def targets(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module, Rule]]:
+    """(name, module, rule) of every module of `model` PLADIS enters, by its family's rules (first rule wins)."""
+    rules = family_of(model).rules
+    found = []
+    for name, module in model.named_modules():
+        rule = next((r for r in rules if r.matches(name, module)), None)
+        if rule is not None:
+            found.append((name, module, rule))
+    return found
+
+
+def unknown_joint_modules(model: torch.nn.Module) -> list[str]:
+    """Attention modules that mix text into self-attention (added key/value projections, not cross-attention)."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if is_attention_module(module)
+        and getattr(module, "added_kv_proj_dim", None) is not None
+        and not getattr(module, "is_cross_attention", False)
+    ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .tiny import _text_encoder, tiny_clip_tokenizer
+from .unet import _text_encoder, tiny_clip_tokenizer
 
 __all__ = [
     "TRANSFORMERS",

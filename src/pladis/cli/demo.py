@@ -1,6 +1,7 @@
 """CLI commands of the embedded demo model: ``pladis demo``, ``pladis train-demo``, ``pladis bench-alignment``.
 
-Plain functions with typer-annotated parameters; ``pladis.cli`` registers them.
+Plain functions with typer-annotated parameters; ``pladis.cli`` registers them. The model, its data and
+benchmark live in ``pladis.demo`` and know nothing of the CLI.
 """
 
 from __future__ import annotations
@@ -27,12 +28,6 @@ def _floats(s: str) -> list[float]:
         raise ValueError(f"expected comma-separated numbers such as 0,1,2 — got {s!r}") from None
 
 
-def _device(device: str | None) -> str:
-    import torch
-
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def demo(
     prompt: Annotated[
         list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable). Default: four scene prompts.")
@@ -47,7 +42,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed; prompt i uses seed + i, the same for stock and PLADIS.")] = 0,
     samples: Annotated[int, typer.Option(help="Images per prompt and setting.")] = 2,
     cell: Annotated[int, typer.Option(help="Displayed size of each 32x32 image, in pixels.")] = 128,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, then mps, then cpu).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
 ) -> None:
     """Generate with the embedded tiny text-to-image model, stock vs PLADIS, into a labelled grid (offline, CPU-fast)."""
@@ -56,18 +51,18 @@ def demo(
     import pladis
 
     from ..api import check_alpha, check_scale
-    from ..cli import reporting_errors
     from ..compare import labelled_grid, save_image
-    from .bench import generate
-    from .checker import judge
-    from .model import load_demo_pipeline
-    from .scenes import parse_caption
+    from ..demo.bench import generate
+    from ..demo.checker import judge
+    from ..demo.model import load_demo_pipeline
+    from ..demo.scenes import parse_caption
+    from .common import pick_device, reporting_errors
 
     with reporting_errors():  # one clear line for bad input, no traceback
         check_scale(scale), check_alpha(alpha)  # before any image is generated
         prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
         t0 = time.time()
-        pipe = load_demo_pipeline(weights, device=_device(device))
+        pipe = load_demo_pipeline(weights, device=pick_device(device or "auto"))
         rep = [p for p in prompts for _ in range(samples)]
         seeds = [seed + i for i in range(len(rep))]
         stock = generate(pipe, rep, seeds, steps, cfg, batch_size=64)
@@ -120,7 +115,7 @@ def train_demo(
     batch_size: Annotated[int, typer.Option(help="Images per step (the shipped model: 1024 on an H100).")] = 256,
     lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine).")] = 1e-3,
     seed: Annotated[int, typer.Option(help="Seed of data, noise and initialisation.")] = 0,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, then mps, then cpu).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from <out>/ckpt.pt if it exists.")] = True,
     install: Annotated[
         bool, typer.Option(help="Copy the exported weights into the package (replaces the embedded model).")
@@ -129,9 +124,9 @@ def train_demo(
     """Train the embedded demo model on procedurally generated scenes (reproducible from the seed, resumable)."""
     import shutil
 
-    from ..cli import reporting_errors
-    from .model import WEIGHTS_DIR
-    from .train import train
+    from ..demo.model import WEIGHTS_DIR
+    from ..demo.train import train
+    from .common import reporting_errors
 
     with reporting_errors():
         meta = train(
@@ -162,14 +157,14 @@ def bench_alignment(
     out: Annotated[
         Path, typer.Option("--out", help="Folder for alignment.md, alignment.json and the PNG charts.")
     ] = Path("out/bench-alignment"),
-    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: cuda if available).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, then mps, then cpu).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
 ) -> None:
     """Score prompt alignment (colour, shape, position, relation, count) of stock vs PLADIS with the exact checker."""
     from ..api import check_alpha, check_scale
-    from ..cli import reporting_errors
-    from .bench import chart, run_benchmark
-    from .model import load_demo_pipeline
+    from ..demo.bench import chart, run_benchmark
+    from ..demo.model import load_demo_pipeline
+    from .common import pick_device, reporting_errors
 
     with reporting_errors():  # one clear line for bad input, before any image is generated
         scale_values, alpha_values, cfg_values = _floats(scales), _floats(alphas), _floats(cfg)
@@ -177,7 +172,7 @@ def bench_alignment(
             check_scale(value)
         for value in alpha_values:
             check_alpha(value)
-        pipe = load_demo_pipeline(weights, device=_device(device))
+        pipe = load_demo_pipeline(weights, device=pick_device(device or "auto"))
         out.mkdir(parents=True, exist_ok=True)
         md = [
             "# Alignment benchmark (embedded demo model)\n",
