@@ -387,13 +387,15 @@ def test_timestep_window(prepared):
     ts = [int(t) for t in pipe.scheduler.timesteps]
     assert ts == [501, 1]
     everywhere = prepared.pladis_image(2.0)
-    windows = {"all": (0.0, 1000.0), "none": (2000.0, 3000.0), "first": (250.0, 1000.0), "last": (0.0, 250.0)}
+    windows = {"all": (0.0, 1000.0), "first": (250.0, 1000.0), "last": (0.0, 250.0)}
     outs = {}
     for name, window in windows.items():
         with pladis.apply(pipe, scale=2.0, timesteps=window):
             outs[name] = prepared.run()[0]
     _assert_same(outs["all"], everywhere)
-    _assert_same(outs["none"], prepared.stock)
+    # a window that selects no step of the run is an error, not a silent stock image
+    with pladis.apply(pipe, scale=2.0, timesteps=(600.0, 900.0)), pytest.raises(ValueError, match="selects none"):
+        prepared.run()
     _assert_changed(outs["first"], prepared.stock)
     _assert_changed(outs["last"], everywhere)
     # The last step of DDIM moves the image little, so PLADIS there alone changes it little, but it does change it.
@@ -415,8 +417,26 @@ def test_timestep_window(prepared):
         dict(alpha=0.5),
         dict(alpha=2.5),
         dict(alpha=math.nan),
+        dict(layers=[]),
+        dict(layers=[1]),
+        dict(layers="  "[:0]),
+        dict(timesteps=(2000.0, 3000.0)),
+        dict(timesteps=(500.0, 100.0)),
     ],
-    ids=["layer", "layer-mixed", "neg-scale", "nan-scale", "alpha-low", "alpha-high", "alpha-nan"],
+    ids=[
+        "layer",
+        "layer-mixed",
+        "neg-scale",
+        "nan-scale",
+        "alpha-low",
+        "alpha-high",
+        "alpha-nan",
+        "layers-empty",
+        "layers-int",
+        "layers-empty-string",
+        "window-outside",
+        "window-reversed",
+    ],
 )
 def test_invalid_arguments_raise_and_leave_pipeline_untouched(prepared, kwargs):
     kwargs = {"scale": 2.0, **kwargs}

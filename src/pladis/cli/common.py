@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import re
 from pathlib import Path
 
@@ -112,21 +113,39 @@ def check_options(
         raise CLIError(f"invalid --steps {steps}: need at least 1 inference step", 2)
     if guidance is not None and not math.isfinite(guidance):
         raise CLIError(f"invalid --guidance {guidance}: must be a finite number", 2)
-    if seed < 0:
-        raise CLIError(f"invalid --seed {seed}: must be >= 0", 2)
+    check_seed(seed)
     if pag_scale is not None and (not math.isfinite(pag_scale) or pag_scale < 0):
         raise CLIError(f"invalid --pag-scale {pag_scale}: must be a finite number >= 0", 2)
 
 
-def check_output(path: Path | None, option: str) -> None:
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed takes
+
+
+def check_seed(seed: int, option: str = "--seed") -> int:
+    if not 0 <= seed <= MAX_SEED:
+        raise CLIError(f"invalid {option} {seed}: must be in 0..{MAX_SEED} (2**63 - 1)", 2)
+    return seed
+
+
+def check_output(path: Path | None, option: str, *others: tuple[Path | None, str]) -> None:
+    """An image path PIL can write, not a folder, and not the same file as another output option."""
     if path is None:
         return
     from PIL import Image
 
-    if path.suffix.lower() not in Image.registered_extensions():
-        raise CLIError(f"invalid {option} {str(path)!r}: give an image file name such as out.png", 2)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        writable = ", ".join(e for e in (".png", ".jpg", ".webp", ".tiff") if Image.registered_extensions().get(e))
+        raise CLIError(f"invalid {option} {str(path)!r}: PIL cannot write that format; use one of {writable}", 2)
     if path.is_dir():
         raise CLIError(f"invalid {option} {str(path)!r}: that is a folder; give an image file name such as out.png", 2)
+    for other, other_option in others:
+        if other is not None and other.expanduser().resolve() == path.expanduser().resolve():
+            raise CLIError(f"{option} and {other_option} name the same file {str(path)!r}; give two different files", 2)
+    parent = path.expanduser().resolve().parent
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if existing is None or not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise CLIError(f"invalid {option} {str(path)!r}: its folder cannot be created or written", 2)
 
 
 def pick_device(device: str = "auto") -> str:

@@ -19,8 +19,8 @@ from .common import (
     fmt,
     names,
     parse_freeu,
-    parse_timesteps,
     parse_size,
+    parse_timesteps,
     pladis_label,
     progress_bar,
     reporting_errors,
@@ -94,7 +94,11 @@ def generate(
         ),
     ] = None,
     timesteps: Annotated[
-        str | None, typer.Option("--timesteps", help="PLADIS only at steps whose timestep is in LOW,HIGH (0..1000 for every model, 1000 = noise), e.g. 500,1000.")
+        str | None,
+        typer.Option(
+            "--timesteps",
+            help="PLADIS only at steps whose timestep is in LOW,HIGH (0..1000 for every model, 1000 = noise), e.g. 500,1000.",
+        ),
     ] = None,
     temperature: Annotated[float, typer.Option(help="Divides the scores of the sparse branch (1 = none).")] = 1.0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show library logs and full tracebacks.")] = False,
@@ -111,7 +115,7 @@ def generate(
             raise CLIError("nothing to write: add --compare out.png (stock | PLADIS) and/or --out pladis.png", 2)
         check_options(scale, alpha, temperature, steps, guidance, seed, pag_scale)
         check_output(compare, "--compare")
-        check_output(out, "--out")
+        check_output(out, "--out", (compare, "--compare"))
         width, height = parse_size(size) or (None, None)
         freeu_args = parse_freeu(freeu)
         layers = names(pag_layers)

@@ -86,10 +86,11 @@ def _load_error_message(what: str, name: str, err: BaseException) -> str:
     """One line for a failure to load a model or LoRA, looking through the exception chain for Hub errors."""
     from huggingface_hub import errors as hub_errors
 
-    chain, e = [], err
-    while e is not None and len(chain) < 10:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
+    chain: list[BaseException] = []
+    link: BaseException | None = err
+    while link is not None and len(chain) < 10:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
     for e in chain:
         if isinstance(e, hub_errors.GatedRepoError):
             return (
@@ -144,7 +145,7 @@ def _resolve_lora(lora: str) -> tuple[str, dict[str, Any]]:
     import importlib.util
 
     if importlib.util.find_spec("peft") is None:
-        raise CLIError("--lora needs the peft package: pip install peft")
+        raise CLIError('--lora needs the peft package: pip install "pladis[lora]" (or pip install peft)')
     path = Path(lora).expanduser()
     if path.exists():
         return str(path), {}
@@ -213,7 +214,7 @@ def load_pipeline(
             if not hasattr(pipe, "enable_freeu"):
                 raise CLIError(f"--freeu: {type(pipe).__name__} has no FreeU (UNet pipelines only); drop --freeu", 2)
             pipe.enable_freeu(**freeu)
-        if lora_args:
+        if lora and lora_args:
             _load_lora(pipe, lora, *lora_args)
         if offload and device != "cpu":
             pipe.enable_model_cpu_offload(device=device)
