@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 TORCH_ARGS ?=  # e.g. --index-url https://download.pytorch.org/whl/cpu for the CPU wheel from PyPI's CUDA default
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_ARGS) $(TORCH_PIN)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,lint]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -19,7 +19,12 @@ venv: $(VENV)/.installed
 demo: venv
 	$(VENV)/bin/pladis demo --out demo.png
 
-test: venv
+lint: venv
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy
+
+test: lint
 	$(PY) -m pytest
 
 bench: venv
