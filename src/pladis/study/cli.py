@@ -202,6 +202,7 @@ def serve(
         app = create_app(engine, study_id, token, secure_cookies=secure_cookies, title=title)
         if port:
             with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
                 try:
                     probe.bind((host, port))
                 except OSError as err:
