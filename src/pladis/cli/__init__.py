@@ -23,6 +23,8 @@ import typer
 
 from pladis import __version__
 
+from pladis.study.cli import study_app
+
 from . import demo, generate
 
 app = typer.Typer(
@@ -59,3 +61,4 @@ app.command("generate")(generate.generate)
 app.command("demo")(demo.demo)
 app.command("train-demo")(demo.train_demo)
 app.command("bench-alignment")(demo.bench_alignment)
+app.add_typer(study_app, name="study")

@@ -1,0 +1,256 @@
+"""Labelled image grids for side-by-side comparisons (PIL only).
+
+:func:`labelled_grid` lays images out in rows and columns with a label above
+each column, an optional label left of each row, and a caption strip below::
+
+                 col 0      col 1
+    row 0     [ image ]  [ image ]
+    row 1     [ image ]  [ image ]
+    caption text, wrapped to the grid width ...
+
+Panels are pasted unscaled; a column is as wide as its widest image and a row
+as tall as its tallest.  :func:`grid_layout` computes the same geometry
+without drawing, so callers (and tests) can find each panel in the output.
+:func:`save_image` writes an image, with text metadata (e.g. the settings that
+produced it) when it is a PNG.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+__all__ = ["DEFAULT_BORDER", "GridLayout", "grid_layout", "labelled_grid", "load_font", "save_image", "wrap_text"]
+
+#: Gap in pixels around and between panels.
+DEFAULT_BORDER = 8
+
+_BACKGROUND = (255, 255, 255)
+_TEXT = (20, 20, 20)
+_CAPTION_TEXT = (70, 70, 70)
+
+
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's default font at ``size`` pixels (the fixed-size bitmap font on old Pillow)."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no size argument
+        return ImageFont.load_default()
+
+
+def _text_width(font, text: str) -> float:
+    return font.getlength(text)
+
+
+def _line_height(font) -> int:
+    _left, _top, _right, bottom = font.getbbox("Ag|")
+    return int(bottom) + max(2, int(bottom) // 5)
+
+
+def wrap_text(text: str, font, max_width: float) -> list[str]:
+    """Greedy word wrap of ``text`` so that every line fits ``max_width`` pixels.
+
+    Explicit newlines are kept; words longer than a line are split by character.
+    """
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if _text_width(font, candidate) <= max_width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            line = ""
+            while _text_width(font, word) > max_width and len(word) > 1:  # split an over-long word
+                cut = len(word) - 1
+                while cut > 1 and _text_width(font, word[:cut]) > max_width:
+                    cut -= 1
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    return lines
+
+
+def _font_size_for(cell_width: int) -> int:
+    return max(12, min(32, round(cell_width / 20)))
+
+
+@dataclass
+class GridLayout:
+    """Geometry of a :func:`labelled_grid`: total ``size`` and the ``(left, top, right, bottom)`` box of each panel."""
+
+    size: tuple[int, int]
+    boxes: list[list[tuple[int, int, int, int]]]
+    col_widths: list[int]
+    row_heights: list[int]
+    label_width: int
+    header_height: int
+    caption_top: int
+    font_size: int
+    border: int
+    col_label_lines: list[list[str]] = field(default_factory=list)
+    row_label_lines: list[list[str]] = field(default_factory=list)
+    caption_lines: list[str] = field(default_factory=list)
+
+    def crop(self, grid: Image.Image, row: int, col: int) -> Image.Image:
+        """Cut panel ``(row, col)`` out of a grid image drawn with this layout."""
+        return grid.crop(self.boxes[row][col])
+
+
+def _image_sizes(rows: Sequence[Sequence]) -> list[list[tuple[int, int]]]:
+    return [[tuple(im.size) if hasattr(im, "size") else tuple(im) for im in row] for row in rows]
+
+
+def grid_layout(
+    rows: Sequence[Sequence[Image.Image | tuple[int, int]]],
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    caption: str | None = None,
+    *,
+    border: int = DEFAULT_BORDER,
+    font_size: int | None = None,
+) -> GridLayout:
+    """The geometry :func:`labelled_grid` would use; ``rows`` may hold images or ``(width, height)`` sizes."""
+    sizes = _image_sizes(rows)
+    if not sizes or not all(sizes):
+        raise ValueError("labelled_grid needs at least one row with at least one image")
+    n_cols = max(len(r) for r in sizes)
+    if row_labels is not None and len(row_labels) != len(sizes):
+        raise ValueError(f"got {len(row_labels)} row labels for {len(sizes)} rows")
+    if col_labels is not None and len(col_labels) != n_cols:
+        raise ValueError(f"got {len(col_labels)} column labels for {n_cols} columns")
+
+    col_widths = [max(r[c][0] for r in sizes if c < len(r)) for c in range(n_cols)]
+    row_heights = [max(h for _, h in r) for r in sizes]
+    if font_size is None:
+        font_size = _font_size_for(min(col_widths))
+    font = load_font(font_size)
+    line_h = _line_height(font)
+    pad = max(2, font_size // 3)
+
+    col_lines = [wrap_text(lbl, font, w) for lbl, w in zip(col_labels or [], col_widths)]
+    header_height = (max(len(lines) for lines in col_lines) * line_h + pad) if col_labels else 0
+
+    label_width = 0
+    row_lines: list[list[str]] = []
+    if row_labels:
+        max_label_w = max(96, 2 * font_size * 6)  # wrap row labels to a reasonable column
+        widest = max(_text_width(font, line) for lbl in row_labels for line in lbl.split("\n"))
+        label_width = int(min(widest, max_label_w)) + pad
+        row_lines = [wrap_text(lbl, font, label_width - pad) for lbl in row_labels]
+        row_heights = [max(h, len(lines) * line_h) for h, lines in zip(row_heights, row_lines)]  # labels fit their row
+
+    grid_w = label_width + sum(col_widths) + border * (n_cols + 1)
+    top = border + header_height
+    boxes = []
+    y = top
+    for r, row in enumerate(sizes):
+        x = border + label_width
+        row_boxes = []
+        for c, (w, h) in enumerate(row):
+            row_boxes.append((x, y, x + w, y + h))
+            x += col_widths[c] + border
+        boxes.append(row_boxes)
+        y += row_heights[r] + border
+    caption_top = y
+    caption_lines: list[str] = []
+    grid_h = y
+    if caption:
+        cap_font = load_font(max(11, round(font_size * 0.8)))
+        caption_lines = wrap_text(caption, cap_font, grid_w - 2 * border)
+        grid_h = y + len(caption_lines) * _line_height(cap_font) + border
+    return GridLayout(
+        size=(grid_w, grid_h),
+        boxes=boxes,
+        col_widths=col_widths,
+        row_heights=row_heights,
+        label_width=label_width,
+        header_height=header_height,
+        caption_top=caption_top,
+        font_size=font_size,
+        border=border,
+        col_label_lines=col_lines,
+        row_label_lines=row_lines,
+        caption_lines=caption_lines,
+    )
+
+
+def labelled_grid(
+    rows: Sequence[Sequence[Image.Image]],
+    row_labels: Sequence[str] | None = None,
+    col_labels: Sequence[str] | None = None,
+    caption: str | None = None,
+    *,
+    border: int = DEFAULT_BORDER,
+    font_size: int | None = None,
+    background=_BACKGROUND,
+) -> Image.Image:
+    """Images in a grid with column labels on top, row labels on the left and a wrapped caption below.
+
+    ``rows`` is a list of rows, each a list of PIL images (rows may be
+    ragged).  Labels are wrapped to their column (and clipped if a single word
+    is wider); the caption is wrapped to the grid width.  With no row labels,
+    the grid is ``sum(column widths) + border * (columns + 1)`` pixels wide.
+    The font size defaults to one suited to the narrowest column.
+    """
+    layout = grid_layout(rows, row_labels, col_labels, caption, border=border, font_size=font_size)
+    grid = Image.new("RGB", layout.size, background)
+    draw = ImageDraw.Draw(grid)
+    font = load_font(layout.font_size)
+    line_h = _line_height(font)
+
+    for r, row in enumerate(rows):
+        for c, im in enumerate(row):
+            grid.paste(im.convert("RGB"), layout.boxes[r][c][:2])
+
+    # Column labels: each drawn on its own strip, so over-long words are clipped to the column.
+    for c, lines in enumerate(layout.col_label_lines):
+        w = layout.col_widths[c]
+        strip = Image.new("RGB", (w, max(1, layout.header_height)), background)
+        sdraw = ImageDraw.Draw(strip)
+        for i, line in enumerate(lines):
+            x = max(0, (w - _text_width(font, line)) / 2)
+            sdraw.text((x, i * line_h), line, fill=_TEXT, font=font)
+        x0 = layout.border + layout.label_width + sum(layout.col_widths[:c]) + c * layout.border
+        grid.paste(strip, (x0, layout.border))
+
+    for r, lines in enumerate(layout.row_label_lines):
+        _, top, _, bottom = layout.boxes[r][0]
+        y = top + max(0, (bottom - top - len(lines) * line_h) // 2)
+        for i, line in enumerate(lines):
+            draw.text((layout.border, y + i * line_h), line, fill=_TEXT, font=font)
+
+    if layout.caption_lines:
+        cap_font = load_font(max(11, round(layout.font_size * 0.8)))
+        cap_h = _line_height(cap_font)
+        for i, line in enumerate(layout.caption_lines):
+            draw.text((layout.border, layout.caption_top + i * cap_h), line, fill=_CAPTION_TEXT, font=cap_font)
+    return grid
+
+
+def save_image(image: Image.Image, path: str | Path, metadata: Mapping[str, object] | None = None) -> Path:
+    """Save ``image`` at ``path`` (format from the extension; parent folders created).
+
+    For PNG, ``metadata`` is written as text chunks (non-string values as
+    JSON); read them back with ``Image.open(path).text``.  Other formats
+    ignore it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".png":
+        from PIL.PngImagePlugin import PngInfo
+
+        info = PngInfo()
+        for key, value in (metadata or {}).items():
+            info.add_text(str(key), value if isinstance(value, str) else json.dumps(value))
+        image.save(path, pnginfo=info)
+    else:
+        image.convert("RGB").save(path)
+    return path
