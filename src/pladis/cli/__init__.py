@@ -22,7 +22,6 @@ from typing import Annotated
 import typer
 
 from pladis import __version__
-
 from pladis.study.cli import study_app
 
 from . import demo, generate
