@@ -83,7 +83,7 @@ class Payload:
 # 1. resuming never unpickles
 
 
-@pytest.mark.parametrize("name", [tr.LEGACY_CKPT_FILE, tr.CKPT_FILE])
+@pytest.mark.parametrize("name", ["ckpt.pt", "ckpt.safetensors"])
 def test_planted_pickle_is_refused_without_running(tmp_path, config_file, name):
     out, marker = tmp_path / "run", tmp_path / "pwned"
     out.mkdir()

@@ -152,16 +152,16 @@ def train_demo(
     batch_size: Annotated[
         int | None,
         typer.Option(
-            help="Images per step [default: the checkpoint's when resuming, else 256; the shipped model: 1024]."
+            help="Images per step (default: the checkpoint's when resuming, else 256; the shipped model: 1024)."
         ),
     ] = None,
     lr: Annotated[
         float | None,
-        typer.Option(help="Peak learning rate (AdamW, warmup then cosine) [default: checkpoint's or 1e-3]."),
+        typer.Option(help="Peak learning rate, AdamW with warmup then cosine (default: the checkpoint's, else 1e-3)."),
     ] = None,
     seed: Annotated[
         int | None,
-        typer.Option(help="Seed of data, noise and initialisation, 0..2**63-1 [default: checkpoint's or 0]."),
+        typer.Option(help="Seed of data, noise and initialisation, 0..2**63-1 (default: the checkpoint's, else 0)."),
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, then mps, then cpu).")] = None,
     resume: Annotated[
