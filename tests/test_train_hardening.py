@@ -191,6 +191,36 @@ def test_sigterm_sigkill_and_resume_leave_each_step_once(tmp_path, config_file):
     assert strict_json(out / tr.SUMMARY_FILE)["steps"] == total
 
 
+def test_ctrl_c_saves_and_returns(tmp_path, monkeypatch):
+    real_batch = tr._batch
+
+    def batch_then_ctrl_c(step, *args):
+        if step == 2:
+            signal.raise_signal(signal.SIGINT)  # as if Ctrl-C was pressed during step 2
+        return real_batch(step, *args)
+
+    monkeypatch.setattr(tr, "_batch", batch_then_ctrl_c)
+    meta = run_tiny(tmp_path, 50)
+    assert meta["interrupted"] == "SIGINT" and meta["steps"] == 3
+    assert tr.load_checkpoint(tmp_path / tr.CKPT_FILE)[1]["state"]["step"] == 3
+    assert log_steps(tmp_path)[1] == [1, 2, 3]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    old_umask = os.umask(0o077)
+    try:
+        files.atomic_write_text(tmp_path / "new.txt", "x")
+        (tmp_path / "shared.txt").write_text("old")
+        os.chmod(tmp_path / "shared.txt", 0o644)
+        files.atomic_write_text(tmp_path / "shared.txt", "new")
+    finally:
+        os.umask(old_umask)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o600  # 0644 less the umask 077
+    assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "shared.txt").read_text() == "new"
+
+
 def test_save_by_time_and_no_resume_starts_fresh(tmp_path):
     run_tiny(tmp_path, 3, save_every=0, save_minutes=1e-9)  # every step is past the interval
     assert tr.load_checkpoint(tmp_path / tr.CKPT_FILE)[1]["state"]["step"] == 3

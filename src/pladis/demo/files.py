@@ -2,7 +2,8 @@
 
 :func:`atomic_write` writes through a temporary file in the destination's folder, flushes and fsyncs it, then
 ``os.replace``-s it over the destination and fsyncs the folder: a crash or ``SIGKILL`` at any moment leaves
-either the old file or the new one, never a torn mix. New files get the usual ``0644`` mode (less the umask).
+either the old file or the new one, never a torn mix. A replaced file keeps its permission bits; a new one
+gets the usual ``0644`` (less the umask), not ``mkstemp``'s ``0600``.
 """
 
 from __future__ import annotations
@@ -32,9 +33,18 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], object], mode: int = 0o644) -> Path:
-    """Create or replace ``path`` by calling ``write(temporary_path)``; the swap is atomic."""
+def atomic_write(path: str | Path, write: Callable[[Path], object], mode: int | None = None) -> Path:
+    """Create or replace ``path`` by calling ``write(temporary_path)``; the swap is atomic.
+
+    The file keeps the permission bits of the file it replaces; a new one gets ``mode`` (default ``0644``
+    less the umask).
+    """
     path = Path(path)
+    if mode is None:
+        try:
+            mode = path.stat().st_mode & 0o7777
+        except OSError:
+            mode = 0o644 & ~_umask()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -44,7 +54,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], mode: int = 
         with open(tmp, "rb+") as f:
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, mode & ~_umask())  # mkstemp makes 0600 files
+        os.chmod(tmp, mode)  # mkstemp makes 0600 files
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
