@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 TORCH_ARGS ?=  # e.g. --index-url https://download.pytorch.org/whl/cpu for the CPU wheel from PyPI's CUDA default
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo test test-lowest lint bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,9 +27,12 @@ lint: venv
 test: lint
 	$(PY) -m pytest
 
+test-lowest:  # the demo tests under the lowest transformers pyproject allows, in .venv-lowest
+	PYTHON=$(PYTHON) TORCH_PIN=$(TORCH_PIN) TORCH_ARGS="$(TORCH_ARGS)" scripts/ci_lowest_transformers.sh
+
 bench: venv
 	$(PY) benchmarks/bench_entmax.py
 	$(PY) benchmarks/bench_pipeline.py
 
 clean:
-	rm -rf $(VENV)
+	rm -rf $(VENV) .venv-lowest

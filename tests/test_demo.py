@@ -141,7 +141,7 @@ def test_train_smoke_and_resume(tmp_path, monkeypatch):
     )
     monkeypatch.setattr(tr, "default_config", lambda: small)
     m1 = tr.train(out_dir=str(tmp_path), steps=1, batch_size=4, device="cpu", log_every=1, progress=False, save_every=0)
-    assert m1["steps"] == 1 and (tmp_path / "ckpt.pt").exists()
+    assert m1["steps"] == 1 and (tmp_path / tr.CKPT_FILE).exists()
     m2 = tr.train(out_dir=str(tmp_path), steps=2, batch_size=4, device="cpu", log_every=1, progress=False, save_every=0)
     assert m2["steps"] == 2 and m2["images_seen"] == 8
     rows = (tmp_path / "loss_log.csv").read_text().strip().splitlines()
@@ -149,3 +149,91 @@ def test_train_smoke_and_resume(tmp_path, monkeypatch):
     assert model.weights_available(tmp_path / "weights")
     p = model.load_demo_pipeline(tmp_path / "weights")
     assert p.unet.config.block_out_channels == [32, 32, 32] or tuple(p.unet.config.block_out_channels) == (32, 32, 32)
+
+
+@pytest.mark.parametrize("file_prefix", ["", "text_model."])
+def test_text_weights_load_with_or_without_the_transformers4_prefix(tmp_path, file_prefix):
+    """transformers 4 names CLIPTextModel weights ``text_model.*``, 5 does not; either file loads under either."""
+    from safetensors.torch import load_file, save_file
+
+    from pladis.demo import model
+
+    for name in (model.UNET_FILE, model.CONFIG_FILE):
+        (tmp_path / name).write_bytes((model.WEIGHTS_DIR / name).read_bytes())
+    shipped = load_file(str(model.WEIGHTS_DIR / model.TEXT_FILE))
+    assert not any(k.startswith("text_model.") for k in shipped)  # the shipped file: one format for both
+    save_file({file_prefix + k: v for k, v in shipped.items()}, str(tmp_path / model.TEXT_FILE))
+    pipe = model.load_demo_pipeline(tmp_path)
+    expected = model.match_text_keys(shipped, pipe.text_encoder.state_dict())
+    for key, value in pipe.text_encoder.state_dict().items():
+        if key in expected:
+            assert torch.equal(value, expected[key].float()), key
+    assert len(expected) == len(shipped)
+
+
+@pytest.mark.parametrize(
+    ("have", "want"), [("", ""), ("", "text_model."), ("text_model.", ""), ("text_model.", "text_model.")]
+)
+def test_match_text_keys(have, want):
+    from pladis.demo.model import match_text_keys
+
+    state = {have + "embeddings.token_embedding.weight": torch.zeros(1)}
+    assert list(match_text_keys(state, [want + "encoder.layers.0.mlp.fc1.weight"])) == [
+        want + "embeddings.token_embedding.weight"
+    ]
+
+
+@pytest.mark.parametrize("caption", ["a red circle", "café à 3 €", "红色的圆 left of 青色方块", "Ωμέγα и ж"])
+def test_captions_are_drawn_with_a_font_that_has_their_glyphs(caption):
+    """No character is drawn as an empty box: a font that covers it, else a visible placeholder."""
+    from PIL import Image
+
+    from pladis import compare
+
+    images = [[Image.new("RGB", (64, 64))]]
+    layout = compare.grid_layout(images, row_labels=[caption], col_labels=[caption], caption=caption)
+    drawn = "".join(["".join(layout.caption_lines), *map("".join, layout.row_label_lines)])
+    assert compare._missing(layout.font_path, frozenset(drawn) - {" "}) == frozenset()
+    for c in caption:  # each character is either drawn or replaced, never dropped
+        assert c in drawn or compare.PLACEHOLDER in drawn
+    compare.labelled_grid(images, row_labels=[caption], col_labels=[caption], caption=caption)
+
+
+def test_undrawable_caption_gets_a_placeholder_and_one_warning(monkeypatch):
+    from PIL import Image
+
+    from pladis import compare
+
+    monkeypatch.setattr(compare, "FALLBACK_FONTS", ())
+    monkeypatch.setattr(compare, "_warned", set())
+    images = [[Image.new("RGB", (64, 64))]]
+    with pytest.warns(UserWarning, match="fonts-noto-cjk"):
+        layout = compare.grid_layout(images, caption="一个红色的圆")
+    assert "".join(layout.caption_lines) == compare.PLACEHOLDER * 6
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same characters again: no second warning
+        compare.labelled_grid(images, caption="一个红色的圆")
+
+
+def test_demo_seeds_near_the_top_of_the_range(tmp_path, pipe, monkeypatch):
+    from pladis.cli.demo import demo
+    from pladis.demo import model
+
+    monkeypatch.setattr(model, "load_demo_pipeline", lambda *a, **k: pipe)
+    out = tmp_path / "demo.png"
+    demo(
+        prompt=["a red circle"],
+        scale=2.0,
+        alpha=1.5,
+        out=out,
+        steps=1,
+        cfg=4.0,
+        seed=2**63 - 1,
+        samples=2,
+        cell=32,
+        device="cpu",
+        weights=None,
+    )
+    assert out.exists()

@@ -17,14 +17,29 @@ produced it) when it is a PNG.
 
 from __future__ import annotations
 
+import functools
 import json
+import os
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["DEFAULT_BORDER", "GridLayout", "grid_layout", "labelled_grid", "load_font", "save_image", "wrap_text"]
+__all__ = [
+    "DEFAULT_BORDER",
+    "FALLBACK_FONTS",
+    "PLACEHOLDER",
+    "GridLayout",
+    "drawable",
+    "font_for",
+    "grid_layout",
+    "labelled_grid",
+    "load_font",
+    "save_image",
+    "wrap_text",
+]
 
 #: Gap in pixels around and between panels.
 DEFAULT_BORDER = 8
@@ -34,12 +49,83 @@ _TEXT = (20, 20, 20)
 _CAPTION_TEXT = (70, 70, 70)
 
 
-def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """PIL's default font at ``size`` pixels (the fixed-size bitmap font on old Pillow)."""
+#: Fonts tried, in order, for label text PIL's default font cannot draw (it covers basic Latin only).
+FALLBACK_FONTS = (
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",  # Debian/Ubuntu fonts-noto-cjk
+    "/usr/share/fonts/noto-cjk/NotoSansCJK-Regular.ttc",  # Arch, Fedora
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",  # Latin, Greek, Cyrillic
+    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+    "/System/Library/Fonts/PingFang.ttc",
+    "/System/Library/Fonts/Supplemental/Arial Unicode.ttf",
+    "C:/Windows/Fonts/msyh.ttc",
+    "C:/Windows/Fonts/arial.ttf",
+)
+#: Drawn instead of a character no available font has a glyph for (rather than an empty box).
+PLACEHOLDER = "?"
+_warned: set[str] = set()
+
+
+def load_font(size: int, path: str | None = None) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """The font file at ``path``, or PIL's default font, at ``size`` pixels (fixed-size bitmap on old Pillow)."""
+    if path is not None:
+        return ImageFont.truetype(path, size)
     try:
         return ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1 has no size argument
         return ImageFont.load_default()
+
+
+def _mask(font, ch: str) -> tuple:
+    mask = font.getmask(ch)
+    return mask.size, bytes(mask)
+
+
+@functools.lru_cache(maxsize=64)
+def _missing(path: str | None, chars: frozenset[str]) -> frozenset[str]:
+    """The characters of ``chars`` the font at ``path`` (None: the default font) has no glyph for."""
+    font = load_font(16, path)
+    if not isinstance(font, ImageFont.FreeTypeFont):  # the old bitmap font: Latin-1 at best
+        return frozenset(c for c in chars if ord(c) > 0xFF)
+    notdef = _mask(font, "\U0010ffff")  # a private-use code point no font draws: the "missing glyph" box
+    return frozenset(c for c in chars if _mask(font, c) == notdef)
+
+
+def font_for(text: str) -> tuple[str | None, frozenset[str]]:
+    """The font that draws ``text`` (None: PIL's default) and the characters it still cannot draw.
+
+    PIL's default font when it covers the text, else the first of :data:`FALLBACK_FONTS` installed here that
+    covers it all (else the one that covers most).
+    """
+    chars = frozenset(c for c in text if c.isprintable() and not c.isspace())
+    best: tuple[str | None, frozenset[str]] = (None, _missing(None, chars))
+    for path in FALLBACK_FONTS:
+        if not best[1]:
+            break
+        if os.path.exists(path):
+            try:
+                missing = _missing(path, chars)
+            except OSError:  # unreadable font file
+                continue
+            if len(missing) < len(best[1]):
+                best = (path, missing)
+    return best
+
+
+def drawable(text: str, missing: frozenset[str]) -> str:
+    """``text`` with each character in ``missing`` replaced by :data:`PLACEHOLDER`; warns once per character."""
+    if not missing or not any(c in missing for c in text):
+        return text
+    new = sorted(missing - _warned)
+    if new:
+        _warned.update(new)
+        warnings.warn(
+            f"no installed font can draw {''.join(new)!r}; drawn as {PLACEHOLDER!r} "
+            "(install a font that covers them, e.g. Debian's fonts-noto-cjk)",
+            stacklevel=3,
+        )
+    return "".join(PLACEHOLDER if c in missing else c for c in text)
 
 
 def _text_width(font, text: str) -> float:
@@ -95,6 +181,7 @@ class GridLayout:
     caption_top: int
     font_size: int
     border: int
+    font_path: str | None = None
     col_label_lines: list[list[str]] = field(default_factory=list)
     row_label_lines: list[list[str]] = field(default_factory=list)
     caption_lines: list[str] = field(default_factory=list)
@@ -131,7 +218,12 @@ def grid_layout(
     row_heights = [max(h for _, h in r) for r in sizes]
     if font_size is None:
         font_size = _font_size_for(min(col_widths))
-    font = load_font(font_size)
+    font_path, missing = font_for("".join([*(row_labels or []), *(col_labels or []), caption or ""]))
+    if missing:
+        row_labels = [drawable(t, missing) for t in row_labels] if row_labels is not None else None
+        col_labels = [drawable(t, missing) for t in col_labels] if col_labels is not None else None
+        caption = drawable(caption, missing) if caption else caption
+    font = load_font(font_size, font_path)
     line_h = _line_height(font)
     pad = max(2, font_size // 3)
 
@@ -163,7 +255,7 @@ def grid_layout(
     caption_lines: list[str] = []
     grid_h = y
     if caption:
-        cap_font = load_font(max(11, round(font_size * 0.8)))
+        cap_font = load_font(max(11, round(font_size * 0.8)), font_path)
         caption_lines = wrap_text(caption, cap_font, grid_w - 2 * border)
         grid_h = y + len(caption_lines) * _line_height(cap_font) + border
     return GridLayout(
@@ -176,6 +268,7 @@ def grid_layout(
         caption_top=caption_top,
         font_size=font_size,
         border=border,
+        font_path=font_path,
         col_label_lines=col_lines,
         row_label_lines=row_lines,
         caption_lines=caption_lines,
@@ -203,7 +296,7 @@ def labelled_grid(
     layout = grid_layout(rows, row_labels, col_labels, caption, border=border, font_size=font_size)
     grid = Image.new("RGB", layout.size, background)
     draw = ImageDraw.Draw(grid)
-    font = load_font(layout.font_size)
+    font = load_font(layout.font_size, layout.font_path)
     line_h = _line_height(font)
 
     for r, row in enumerate(rows):
@@ -228,7 +321,7 @@ def labelled_grid(
             draw.text((layout.border, y + i * line_h), line, fill=_TEXT, font=font)
 
     if layout.caption_lines:
-        cap_font = load_font(max(11, round(layout.font_size * 0.8)))
+        cap_font = load_font(max(11, round(layout.font_size * 0.8)), layout.font_path)
         cap_h = _line_height(cap_font)
         for i, line in enumerate(layout.caption_lines):
             draw.text((layout.border, layout.caption_top + i * cap_h), line, fill=_CAPTION_TEXT, font=cap_font)

@@ -156,9 +156,13 @@ def pick_device(device: str = "auto") -> str:
     has_mps = bool(mps and mps.is_available())
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise CLIError("--device cuda: no CUDA GPU is available to torch here; use --device cpu (or auto)", 2)
-    if device == "mps" and not has_mps:
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, ValueError):
+        raise CLIError(f"invalid --device {device!r}: use auto, cpu, cuda, cuda:N or mps", 2) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device {device}: no CUDA GPU is available to torch here; use --device cpu (or auto)", 2)
+    if kind == "mps" and not has_mps:
         raise CLIError("--device mps: Apple MPS is not available to torch here; use --device cpu (or auto)", 2)
     return device
 

@@ -7,6 +7,8 @@ benchmark live in ``pladis.demo`` and know nothing of the CLI.
 from __future__ import annotations
 
 import json
+import math
+import signal
 import time
 from pathlib import Path
 from typing import Annotated
@@ -21,11 +23,35 @@ DEFAULT_PROMPTS = [
 ]
 
 
-def _floats(s: str) -> list[float]:
+SEED_LIMIT = 2**63  # what torch.Generator.manual_seed takes; per-image seeds are taken mod 2**63
+
+
+def _floats(s: str, option: str) -> list[float]:
+    from .common import CLIError
+
     try:
-        return [float(x) for x in s.replace(" ", "").split(",") if x]
+        values = [float(x) for x in s.replace(" ", "").split(",") if x]
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers such as 0,1,2 — got {s!r}") from None
+        values = []
+    if not values or not all(math.isfinite(v) for v in values):
+        raise CLIError(f"invalid {option} {s!r}: expected comma-separated finite numbers such as 0,1,2", 2)
+    return values
+
+
+def _check_counts(**counts: int) -> None:
+    """Each named option (``batch_size`` -> ``--batch-size``) must be at least 1."""
+    from .common import CLIError
+
+    for name, value in counts.items():
+        if value < 1:
+            raise CLIError(f"invalid --{name.replace('_', '-')} {value}: must be at least 1", 2)
+
+
+def _check_seed(seed: int) -> None:
+    from .common import CLIError
+
+    if not 0 <= seed < SEED_LIMIT:
+        raise CLIError(f"invalid --seed {seed}: give a seed from 0 to 2**63-1 ({SEED_LIMIT - 1})", 2)
 
 
 def demo(
@@ -39,7 +65,9 @@ def demo(
     ),
     steps: Annotated[int, typer.Option(help="Denoising steps (DPM-Solver++).")] = 20,
     cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 4.0,
-    seed: Annotated[int, typer.Option(help="Seed; prompt i uses seed + i, the same for stock and PLADIS.")] = 0,
+    seed: Annotated[
+        int, typer.Option(help="Seed, 0..2**63-1; image i uses seed + i, the same for stock and PLADIS.")
+    ] = 0,
     samples: Annotated[int, typer.Option(help="Images per prompt and setting.")] = 2,
     cell: Annotated[int, typer.Option(help="Displayed size of each 32x32 image, in pixels.")] = 128,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, then mps, then cpu).")] = None,
@@ -56,15 +84,24 @@ def demo(
     from ..demo.checker import judge
     from ..demo.model import load_demo_pipeline
     from ..demo.scenes import parse_caption
-    from .common import pick_device, reporting_errors
+    from .common import CLIError, check_output, pick_device, reporting_errors
 
-    with reporting_errors():  # one clear line for bad input, no traceback
-        check_scale(scale), check_alpha(alpha)  # before any image is generated
+    with reporting_errors():  # one clear line for bad input, no traceback, before any image is generated
+        try:
+            check_scale(scale), check_alpha(alpha)
+        except ValueError as e:
+            raise CLIError(str(e), 2) from None
+        _check_counts(steps=steps, samples=samples, cell=cell)
+        _check_seed(seed)
+        if not math.isfinite(cfg):
+            raise CLIError(f"invalid --cfg {cfg}: must be a finite number", 2)
+        check_output(out, "--out")
         prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
+        dev = pick_device(device or "auto")
         t0 = time.time()
-        pipe = load_demo_pipeline(weights, device=pick_device(device or "auto"))
+        pipe = load_demo_pipeline(weights, device=dev)
         rep = [p for p in prompts for _ in range(samples)]
-        seeds = [seed + i for i in range(len(rep))]
+        seeds = [(seed + i) % SEED_LIMIT for i in range(len(rep))]
         stock = generate(pipe, rep, seeds, steps, cfg, batch_size=64)
         backend = pladis.get_backend()
         if backend == "auto":  # a run of seconds: compiling the fused kernel would cost more than it saves
@@ -83,7 +120,7 @@ def demo(
         marks = {}
         for name, imgs in (("stock", stock), ("pladis", plad)):
             idx = [i for i, s in enumerate(specs) if s is not None]
-            v = judge(imgs[idx], [specs[i] for i in idx]) if idx else []
+            v = judge(imgs[idx], [s for s in specs if s is not None]) if idx else []
             marks[name] = {i: r["all"] for i, r in zip(idx, v)}
         rows, labels = [], []
         for pi, p in enumerate(prompts):
@@ -112,38 +149,96 @@ def train_demo(
     max_minutes: Annotated[
         float, typer.Option(help="Wall-clock budget; the run saves and stops when it is spent.")
     ] = 10.0,
-    batch_size: Annotated[int, typer.Option(help="Images per step (the shipped model: 1024 on an H100).")] = 256,
-    lr: Annotated[float, typer.Option(help="Peak learning rate (AdamW, warmup then cosine).")] = 1e-3,
-    seed: Annotated[int, typer.Option(help="Seed of data, noise and initialisation.")] = 0,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Images per step (default: the checkpoint's when resuming, else 256; the shipped model: 1024)."
+        ),
+    ] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(help="Peak learning rate, AdamW with warmup then cosine (default: the checkpoint's, else 1e-3)."),
+    ] = None,
+    seed: Annotated[
+        int | None,
+        typer.Option(help="Seed of data, noise and initialisation, 0..2**63-1 (default: the checkpoint's, else 0)."),
+    ] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, then mps, then cpu).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from <out>/ckpt.pt if it exists.")] = True,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from <out>/ckpt.safetensors; --no-resume starts a fresh checkpoint and log.")
+    ] = True,
+    save_every: Annotated[int, typer.Option(help="Also save the checkpoint every N steps (0: only by time).")] = 1000,
+    save_minutes: Annotated[
+        float, typer.Option(help="Save the checkpoint at least this often (it is also saved on Ctrl-C/SIGTERM).")
+    ] = 5.0,
+    log_every: Annotated[int, typer.Option(help="Write a loss-log row every N steps.")] = 50,
     install: Annotated[
-        bool, typer.Option(help="Copy the exported weights into the package (replaces the embedded model).")
+        bool,
+        typer.Option(
+            help="Copy the exported weights into the package if they validate no worse than the embedded ones."
+        ),
     ] = False,
+    force: Annotated[bool, typer.Option(help="With --install: install even an untrained or worse model.")] = False,
+    config_file: Annotated[
+        Path | None, typer.Option(hidden=True, help="JSON model config instead of the default (tests, experiments).")
+    ] = None,
 ) -> None:
     """Train the embedded demo model on procedurally generated scenes (reproducible from the seed, resumable)."""
-    import shutil
-
     from ..demo.model import WEIGHTS_DIR
-    from ..demo.train import train
-    from .common import reporting_errors
+    from ..demo.train import CheckpointError, InstallRefused, TrainOptionError, check_options, install_weights, train
+    from .common import CLIError, pick_device, reporting_errors
 
     with reporting_errors():
-        meta = train(
-            out_dir=str(out),
-            steps=steps,
-            max_minutes=max_minutes,
-            batch_size=batch_size,
-            lr=lr,
-            seed=seed,
-            device=device,
-            resume=resume,
-        )
+        try:
+            check_options(steps, max_minutes, batch_size, lr, seed, log_every, save_every, save_minutes)
+        except TrainOptionError as e:
+            raise CLIError(str(e), 2) from None
+        if force and not install:
+            raise CLIError("--force only applies to --install; add --install, or drop --force", 2)
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"invalid --out {str(out)!r}: that is a file; give a folder for the run", 2)
+        config = None
+        if config_file is not None:
+            try:
+                config = json.loads(config_file.read_text())
+            except (OSError, ValueError) as e:
+                raise CLIError(f"invalid --config-file {str(config_file)!r}: {e}", 2) from None
+        dev = pick_device(device or "auto")
+        try:
+            meta = train(
+                out_dir=out,
+                steps=steps,
+                max_minutes=max_minutes,
+                batch_size=batch_size,
+                lr=lr,
+                seed=seed,
+                device=dev,
+                resume=resume,
+                log_every=log_every,
+                save_every=save_every,
+                save_minutes=save_minutes,
+                config=config,
+            )
+        except TrainOptionError as e:
+            raise CLIError(str(e), 2) from None
+        except CheckpointError as e:
+            raise CLIError(str(e), 1) from None
+        if meta.get("interrupted"):
+            signum = getattr(signal, meta["interrupted"])
+            if install:
+                typer.echo("not installed: the run was interrupted", err=True)
+            raise typer.Exit(128 + int(signum))
         if install:
-            for f in (out / "weights").iterdir():
-                shutil.copy(f, WEIGHTS_DIR / f.name)
-            typer.echo(f"installed weights into {WEIGHTS_DIR}")
-    typer.echo(json.dumps(meta))
+            try:
+                report = install_weights(out / "weights", WEIGHTS_DIR, force=force, device=dev)
+            except InstallRefused as e:
+                raise CLIError(str(e), 1) from None
+            losses = (
+                ""
+                if report["new_loss"] is None
+                else f" (validation loss {report['new_loss']:.4f}, was {report['old_loss']:.4f})"
+            )
+            typer.echo(f"installed weights into {WEIGHTS_DIR}{losses}")
 
 
 def bench_alignment(
@@ -152,7 +247,10 @@ def bench_alignment(
     alphas: Annotated[str, typer.Option(help="Comma-separated entmax alphas.")] = "1.5,2",
     cfg: Annotated[str, typer.Option(help="Comma-separated guidance scales; one table per value.")] = "4",
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed (prompt i uses noise seed*100003 + i in every configuration).")] = 0,
+    seed: Annotated[
+        int,
+        typer.Option(help="Seed, 0..2**63-1 (prompt i uses noise (seed*100003 + i) mod 2**63 in every configuration)."),
+    ] = 0,
     batch_size: Annotated[int, typer.Option(help="Prompts per pipeline call.")] = 64,
     out: Annotated[
         Path, typer.Option("--out", help="Folder for alignment.md, alignment.json and the PNG charts.")
@@ -162,16 +260,26 @@ def bench_alignment(
 ) -> None:
     """Score prompt alignment (colour, shape, position, relation, count) of stock vs PLADIS with the exact checker."""
     from ..api import check_alpha, check_scale
+    from ..demo import files
     from ..demo.bench import chart, run_benchmark
     from ..demo.model import load_demo_pipeline
-    from .common import pick_device, reporting_errors
+    from .common import CLIError, pick_device, reporting_errors
 
     with reporting_errors():  # one clear line for bad input, before any image is generated
-        scale_values, alpha_values, cfg_values = _floats(scales), _floats(alphas), _floats(cfg)
-        for value in scale_values:
-            check_scale(value)
-        for value in alpha_values:
-            check_alpha(value)
+        scale_values = _floats(scales, "--scales")
+        alpha_values = _floats(alphas, "--alphas")
+        cfg_values = _floats(cfg, "--cfg")
+        try:
+            for value in scale_values:
+                check_scale(value)
+            for value in alpha_values:
+                check_alpha(value)
+        except ValueError as e:
+            raise CLIError(str(e), 2) from None
+        _check_counts(n=n, steps=steps, batch_size=batch_size)
+        _check_seed(seed)
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"invalid --out {str(out)!r}: that is a file; give a folder for the reports", 2)
         pipe = load_demo_pipeline(weights, device=pick_device(device or "auto"))
         out.mkdir(parents=True, exist_ok=True)
         md = [
@@ -195,7 +303,7 @@ def bench_alignment(
             md += [f"\n## cfg = {c:g}\n", res["table"], ""]
             chart(res["stats"], out / f"alignment_cfg{c:g}.png", f"demo model, n={n}, cfg={c:g}: accuracy, 95% CI")
             allres[f"cfg={c:g}"] = {k: v for k, v in res.items() if k not in ("table", "samples")}
-        (out / "alignment.md").write_text("\n".join(md) + "\n")
-        (out / "alignment.json").write_text(json.dumps(allres, indent=1))
+        files.atomic_write_text(out / "alignment.md", "\n".join(md) + "\n")
+        files.write_json(out / "alignment.json", allres)
         typer.echo("\n".join(md))
         typer.echo(f"wrote {out}/alignment.md, alignment.json and alignment_cfg*.png")

@@ -8,13 +8,13 @@ over prompts, and the paired difference against stock with its own paired-bootst
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import files
 from .checker import CATEGORIES, judge
 from .scenes import Spec, benchmark_prompts
 
@@ -24,6 +24,11 @@ def generate(
     pipe, prompts: list[str], seeds: list[int], steps: int = 20, cfg: float = 4.0, batch_size: int = 64
 ) -> torch.Tensor:
     """Images (n, 3, H, W) in [0, 1]; prompt i always starts from the noise of seeds[i], whatever the batching."""
+    if not prompts or len(prompts) != len(seeds) or steps < 1 or batch_size < 1:
+        raise ValueError(
+            f"generate needs at least one prompt, one seed per prompt, steps >= 1 and batch_size >= 1 "
+            f"(got {len(prompts)} prompts, {len(seeds)} seeds, steps={steps}, batch_size={batch_size})"
+        )
     dev = pipe._execution_device
     out = []
     for i in range(0, len(prompts), batch_size):
@@ -55,7 +60,7 @@ def _bootstrap(x: np.ndarray, n_boot: int, rng: np.random.Generator) -> tuple[fl
 def summarize(verdicts: dict[str, list[dict]], stock_key: str, n_boot: int = 2000, seed: int = 0) -> dict:
     """verdicts: config name -> per-prompt verdict dicts (same prompt order). Returns nested stats."""
     rng = np.random.default_rng(seed)
-    stats = {}
+    stats: dict[str, dict[str, dict]] = {}
     base = verdicts[stock_key]
     for name, v in verdicts.items():
         stats[name] = {}
@@ -143,9 +148,8 @@ def chart(stats: dict, path: str | Path, title: str = "") -> Path:
     if title:
         d.text((left, 10), title, fill="black", font=font)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    return files.atomic_write(path, lambda tmp: img.save(tmp, format=fmt))
 
 
 def run_benchmark(
@@ -164,7 +168,9 @@ def run_benchmark(
 
     specs: list[Spec] = benchmark_prompts(n)
     prompts = [s.caption() for s in specs]
-    seeds = [seed * 100_003 + i for i in range(n)]
+    if n < 1:
+        raise ValueError(f"n={n}: the benchmark needs at least 1 prompt")
+    seeds = [(seed * 100_003 + i) % 2**63 for i in range(n)]
     configs = [("stock", 0.0, None)] + [(f"a={a:g} s={s:g}", s, a) for a in alphas for s in scales if s != 0]
     verdicts, times, images = {}, {}, {}
     for name, s, a in configs:
@@ -185,13 +191,12 @@ def run_benchmark(
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "alignment.md").write_text(
+        files.atomic_write_text(
+            out / "alignment.md",
             f"# Alignment benchmark (demo model)\n\nn={n} prompts, cfg={cfg}, {steps} DPM-Solver++ steps, seed={seed}; "
-            "accuracy [95% bootstrap CI]; Δ = paired difference vs stock [95% paired-bootstrap CI].\n\n" + table + "\n"
+            "accuracy [95% bootstrap CI]; Δ = paired difference vs stock [95% paired-bootstrap CI].\n\n" + table + "\n",
         )
-        (out / "alignment.json").write_text(
-            json.dumps({k: v for k, v in result.items() if k not in ("table", "samples")}, indent=1)
-        )
+        files.write_json(out / "alignment.json", {k: v for k, v in result.items() if k not in ("table", "samples")})
         chart(stats, out / "alignment.png", f"demo model, n={n}, cfg={cfg}: accuracy with 95% CI")
         result["files"] = [str(out / f) for f in ("alignment.md", "alignment.json", "alignment.png")]
     return result

@@ -106,7 +106,7 @@ def find_blobs(images: torch.Tensor, min_area: int = 8, threshold: float = 0.35)
 def judge_blobs(blobs: list[Blob], spec: Spec, size: int = 32) -> dict[str, bool | None]:
     """Per-category verdicts (None where a category does not apply to the prompt)."""
     res: dict[str, bool | None] = {k: None for k in CATEGORIES}
-    by_color = {}
+    by_color: dict[str, list[Blob]] = {}
     for b in blobs:
         by_color.setdefault(b.color, []).append(b)
     colors = [c for c, _ in spec.objects]
@@ -125,7 +125,7 @@ def judge_blobs(blobs: list[Blob], spec: Spec, size: int = 32) -> dict[str, bool
         if b is None:
             res["position"] = False
         else:
-            p = spec.position
+            p = spec.position or ""
             res["position"] = {
                 "top": b.cy < 0.4 * size,
                 "bottom": b.cy > 0.6 * size,
@@ -144,7 +144,7 @@ def judge_blobs(blobs: list[Blob], spec: Spec, size: int = 32) -> dict[str, bool
                 "right of": horiz and dx < 0,
                 "above": (not horiz) and dy > 0,
                 "below": (not horiz) and dy < 0,
-            }[spec.relation]
+            }[spec.relation or ""]
     if spec.kind == "count":
         c = spec.objects[0][0]
         res["count"] = len(by_color.get(c, [])) == spec.count
@@ -154,7 +154,7 @@ def judge_blobs(blobs: list[Blob], spec: Spec, size: int = 32) -> dict[str, bool
 
 def judge(images: torch.Tensor, specs: list[Spec], chunk: int = 256) -> list[dict[str, bool | None]]:
     """Judge a batch of images (n, 3, H, W) in [0, 1] against their specs."""
-    out = []
+    out: list[dict[str, bool | None]] = []
     size = images.shape[-1]
     for i in range(0, len(specs), chunk):
         blobs = find_blobs(images[i : i + chunk].detach().cpu())
@@ -166,6 +166,6 @@ def accuracy(verdicts: list[dict[str, bool | None]]) -> dict[str, tuple[float, i
     """Category -> (accuracy, number of prompts it applies to)."""
     acc = {}
     for k in CATEGORIES:
-        v = [r[k] for r in verdicts if r[k] is not None]
+        v = [bool(r[k]) for r in verdicts if r[k] is not None]
         acc[k] = (float(np.mean(v)) if v else float("nan"), len(v))
     return acc

@@ -148,21 +148,36 @@ def train_scheduler(cfg: dict | None = None) -> DDPMScheduler:
     return DDPMScheduler(**cfg["scheduler"])
 
 
+def _text_key_prefix(keys) -> str:
+    """``"text_model."`` where a ``CLIPTextModel`` names its weights so (transformers 4), else ``""`` (transformers 5)."""
+    return "text_model." if any(k.startswith("text_model.") for k in keys) else ""
+
+
+def match_text_keys(state: dict[str, torch.Tensor], expected) -> dict[str, torch.Tensor]:
+    """``state`` renamed to the key style of ``expected``: adds or strips transformers 4's ``text_model.`` prefix."""
+    have, want = _text_key_prefix(state), _text_key_prefix(expected)
+    if have == want:
+        return state
+    return {want + k[len(have) :]: v for k, v in state.items()}
+
+
 def save_weights(unet, text_encoder, cfg: dict, out_dir: str | Path, meta: dict | None = None, dtype=torch.float16):
+    """Export fp16 safetensors and the config, each written atomically (text keys without ``text_model.``)."""
     from safetensors.torch import save_file
 
+    from . import files
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}, str(out / UNET_FILE))
-    save_file(
-        {
-            k: v.detach().to("cpu", dtype).contiguous()
-            for k, v in text_encoder.state_dict().items()
-            if v.is_floating_point()
-        },
-        str(out / TEXT_FILE),
-    )
-    (out / CONFIG_FILE).write_text(json.dumps({**cfg, "meta": meta or {}}, indent=1, default=list))
+    unet_sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}
+    text_sd = {
+        k: v.detach().to("cpu", dtype).contiguous()
+        for k, v in text_encoder.state_dict().items()
+        if v.is_floating_point()
+    }
+    text_sd = match_text_keys(text_sd, ())  # one file format, whichever transformers wrote it
+    files.atomic_write(out / UNET_FILE, lambda tmp: save_file(unet_sd, str(tmp)))
+    files.atomic_write(out / TEXT_FILE, lambda tmp: save_file(text_sd, str(tmp)))
+    files.write_json(out / CONFIG_FILE, json.loads(json.dumps({**cfg, "meta": meta or {}}, default=list)))
 
 
 def weights_available(weights_dir: str | Path | None = None) -> bool:
@@ -182,9 +197,8 @@ def load_demo_pipeline(
     cfg = json.loads((d / CONFIG_FILE).read_text())
     unet, text = build_models(cfg)
     unet.load_state_dict({k: v.float() for k, v in load_file(str(d / UNET_FILE)).items()})
-    missing, unexpected = text.load_state_dict(
-        {k: v.float() for k, v in load_file(str(d / TEXT_FILE)).items()}, strict=False
-    )
+    text_sd = {k: v.float() for k, v in load_file(str(d / TEXT_FILE)).items()}
+    missing, unexpected = text.load_state_dict(match_text_keys(text_sd, text.state_dict()), strict=False)
     if unexpected or any("position_ids" not in m for m in missing):
         raise RuntimeError(f"text encoder weights do not match: missing={missing} unexpected={unexpected}")
     pipe = assemble_pipeline(unet.eval(), text.eval(), cfg)

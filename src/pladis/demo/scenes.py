@@ -60,6 +60,7 @@ class Spec:
     def caption(self) -> str:
         if self.kind == "count":
             c, s = self.objects[0]
+            assert self.count is not None
             return f"{NUMBERS[self.count]} {c} {PLURAL[s]}"
         (c1, s1) = self.objects[0]
         if self.kind == "single":
