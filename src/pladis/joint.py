@@ -30,7 +30,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .attention import MAX_SCORE_ELEMENTS, _apply_mask, _mixed, check_scale, check_temperature, mask_rows, query_chunks
+from .attention import (
+    MAX_SCORE_ELEMENTS,
+    _apply_mask,
+    _mixed,
+    check_scale,
+    check_temperature,
+    mask_rows,
+    query_chunks,
+    use_kernel,
+)
 from .entmax import check_alpha, compute_dtype, masked_softmax
 
 
@@ -117,6 +126,10 @@ def pladis_joint_attention(
     keys_text = key[..., start:stop, :].to(dtype).transpose(-1, -2)
     value_text = value[..., start:stop, :].to(dtype)
     result = out.to(dtype, copy=True)  # text-query rows stay the stock output (exact round trip to out's dtype)
+    if use_kernel(query, key, value, attn_mask):
+        return _joint_by_kernel(
+            query, key, value, result, (start, stop), scale, alpha, attn_mask, text_mask, softmax_scale, temperature
+        ).to(out.dtype)
     for a, b in image_row_ranges(start, stop, length):
         mass = (
             None
@@ -137,6 +150,30 @@ def pladis_joint_attention(
             result[..., row : row + n, :] += m * torch.matmul(delta, value_text)
             row += n
     return result.to(out.dtype)
+
+
+def _joint_by_kernel(query, key, value, result, text, scale, alpha, attn_mask, text_mask, softmax_scale, temperature):
+    """The image rows' correction m * lambda (entmax - softmax)_text V_text by the fused Triton kernel (no score
+    matrix in memory); m, the dense text mass, by one more fused SDPA call."""
+    from .triton_attention import pladis_attention_triton
+
+    start, stop = text
+    length = key.shape[-2]
+    for a, b in image_row_ranges(start, stop, length):
+        mass = text_mass(query[..., a:b, :], key, text, attn_mask, a, b, softmax_scale)
+        delta = pladis_attention_triton(
+            query[..., a:b, :],
+            key[..., start:stop, :],
+            value[..., start:stop, :],
+            scale=scale,
+            alpha=alpha,
+            attn_mask=mask_rows(text_mask, a, b),
+            softmax_scale=softmax_scale,
+            temperature=temperature,
+            delta_only=True,
+        )
+        result[..., a:b, :] += mass * delta.to(result.dtype)
+    return result
 
 
 def stock_attention(query, key, value, attn_mask, softmax_scale) -> tuple[torch.Tensor, torch.Tensor | None]:
