@@ -175,7 +175,10 @@ def test_alpha_sweep_and_new_shapes_never_recompile():
     torch._dynamo.reset()
     pladis.attention._mixed_graphs._graphs.clear()
     alphas = [*torch.linspace(1, 2, 20).tolist(), 1.25, 1.5]
-    cases = [(lk, dtype, t) for lk, dtype, t in [(77, torch.float32, 1.0), (77, torch.float16, 0.5), (300, torch.float32, 2.0)]]
+    cases = [
+        (lk, dtype, t)
+        for lk, dtype, t in [(77, torch.float32, 1.0), (77, torch.float16, 0.5), (300, torch.float32, 2.0)]
+    ]
 
     def sweep():
         for lk, dtype, temperature in cases:

@@ -162,7 +162,7 @@ def hard_rows(n: int, gen: torch.Generator) -> torch.Tensor:
     rows.append(tied)
     rows.append(torch.full((1, n), 0.3, dtype=torch.float64))
     rows.append((torch.randn(8, n, generator=gen, dtype=torch.float64) ** 3) * 10)
-    rows.append(-torch.arange(n, dtype=torch.float64) ** 2 * torch.logspace(-4, 1, 6, dtype=torch.float64)[:, None])
+    rows.append(-(torch.arange(n, dtype=torch.float64) ** 2) * torch.logspace(-4, 1, 6, dtype=torch.float64)[:, None])
     rows.append(-torch.log(torch.arange(1, n + 1, dtype=torch.float64)) * torch.logspace(-1, 2, 6)[:, None])
     masked = torch.randn(8, n, generator=gen, dtype=torch.float64) * 3
     masked[:, n // 2 :] = -math.inf

@@ -140,11 +140,11 @@ def pladis_joint_attention(
         for q, mask in query_chunks(query, keys_text.transpose(-1, -2), text_mask, max_score_elements, rows=(a, b)):
             n = q.shape[-2]
             text_scores = _apply_mask(torch.matmul(q.to(dtype) * softmax_scale, keys_text), mask)
-            if mass is None:  # m = exp(lse_text - lse_all), lse_all from the fused kernel
+            if lse is not None:  # m = exp(lse_text - lse_all), lse_all from the fused kernel
                 lse_all = lse[..., row : row + n, :]
                 m = torch.exp(torch.logsumexp(text_scores, -1, keepdim=True) - lse_all)
                 m = torch.where(torch.isfinite(lse_all), m, torch.zeros_like(m))
-            else:
+            elif mass is not None:
                 m = mass[..., row - a : row - a + n, :]
             delta = _mixed(text_scores, lam, alpha, temperature) - masked_softmax(text_scores)
             result[..., row : row + n, :] += m * torch.matmul(delta, value_text)

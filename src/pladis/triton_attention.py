@@ -50,7 +50,7 @@ if triton is not None:
 
     @triton.jit
     def _pladis_kernel(
-        Q, K, V, M, O,
+        Q, K, V, M, Out,
         stride_qb, stride_qh, stride_qm, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd,
@@ -172,8 +172,8 @@ if triton is not None:
             out = tl.dot(w.to(tl.float32), v.to(tl.float32), input_precision="ieee")
         else:
             out = tl.dot(weights.to(v.dtype), v)
-        o_ptrs = O + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + vdims[None, :] * stride_od
-        tl.store(o_ptrs, out.to(O.dtype.element_ty), mask=row_ok[:, None] & (vdims[None, :] < value_dim))
+        o_ptrs = Out + b * stride_ob + h * stride_oh + rows[:, None] * stride_om + vdims[None, :] * stride_od
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=row_ok[:, None] & (vdims[None, :] < value_dim))
 
 
 def _as_4d(x: torch.Tensor, batch: tuple[int, ...]) -> torch.Tensor:
@@ -221,7 +221,7 @@ def pladis_attention_triton(
     out_dtype = torch.float32 if delta_only else value.dtype
     out = torch.empty(*q.shape[:2], n_queries, value_dim, dtype=out_dtype, device=query.device)
     mask_kind, m = NO_MASK, q  # a placeholder pointer when there is no mask
-    mask_strides = (0, 0, 0, 0)
+    mask_strides: tuple[int, ...] = (0, 0, 0, 0)
     if attn_mask is not None:
         mask_kind = BOOL_MASK if attn_mask.dtype == torch.bool else ADDITIVE_MASK
         m = attn_mask
