@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .entmax import ANY, SOFTMAX, STEPS, alpha_kind
+from .entmax import SOFTMAX, STEPS, alpha_kind
 
 try:
     import triton
@@ -239,7 +239,7 @@ def pladis_attention_triton(
         q.shape[1], n_queries, n_keys, head_dim, value_dim,
         float(softmax_scale), float(scale), float(alpha - 1.0), float(1.0 / temperature),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        KIND=kind if kind != ANY else 5, STEPS_=steps, MASK_KIND=mask_kind, DELTA_ONLY=delta_only,
+        KIND=kind if kind > 0 else 5, STEPS_=steps, MASK_KIND=mask_kind, DELTA_ONLY=delta_only,
         FP32_DOT=query.dtype == torch.float32 or (query.dtype == torch.bfloat16 and query.device.type == "cpu"),
         num_warps=4 if block_n <= 128 else 8,
     )  # fmt: skip
