@@ -55,17 +55,28 @@ def set_backend(name: str) -> None:
 
 
 def get_backend() -> str:
-    """The chosen backend; raises ValueError (one line, with the valid names) for an invalid PLADIS_BACKEND."""
+    """The chosen backend; raises ValueError (one line, with the valid names) for an invalid PLADIS_BACKEND.
+
+    PLADIS_BACKEND is read on first use and then kept (a plain global read: cheap, and traceable by torch.compile).
+    """
+    global _choice
     if _choice is not None:
         return _choice
     value = os.environ.get("PLADIS_BACKEND", "") or "auto"
     if value not in _valid():
         raise ValueError(f"PLADIS_BACKEND={value!r} is not a PLADIS backend: use one of {', '.join(_valid())}")
+    _choice = value
     return value
 
 
+_triton_found: bool | None = importlib.util.find_spec("triton") is not None  # no import: cheap
+
+
 def triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
+    global _triton_found
+    if _triton_found is None:
+        _triton_found = importlib.util.find_spec("triton") is not None
+    return _triton_found
 
 
 def triton_runs_on(device: torch.device) -> bool:
@@ -76,6 +87,8 @@ def triton_runs_on(device: torch.device) -> bool:
 
 
 def _report(device: torch.device, name: str) -> None:
+    if torch.compiler.is_compiling():
+        return
     if (device.type, name) not in _logged:
         _logged.add((device.type, name))
         logger.info("pladis: PLADIS attention on %s runs the %s backend", device.type, name)
