@@ -171,7 +171,7 @@ def hard_rows(n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.cat(rows)
 
 
-@pytest.mark.parametrize("n", [1, 2, 7, 77, 300, 1024])
+@pytest.mark.parametrize("n", [1, 7, 77, 128, 129, 1024])
 @pytest.mark.parametrize("alpha", [1.1, 1.25, 1.4, 1.5, 1.75, 1.9, 2.0])
 def test_fixed_passes_are_exact_on_hard_rows(n, alpha):
     """No fallback, no verification: the fixed number of Newton passes is exact on the hardest rows we know,

@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from .entmax import SOFTMAX, STEPS, alpha_kind
+from .entmax import SOFTMAX, alpha_kind, steps_for
 
 try:
     import triton
@@ -230,7 +230,7 @@ def pladis_attention_triton(
         m = _as_4d(m.expand(*batch, n_queries, n_keys), batch)
         mask_strides = m.stride()
     kind = alpha_kind(alpha)
-    steps = STEPS.get(kind, 0) if kind != SOFTMAX else 0
+    steps = steps_for(kind, torch.float32, n_keys) if kind != SOFTMAX else 0
     block_m, block_n, block_d, block_dv = block_sizes(n_keys, head_dim, value_dim)
     grid = (triton.cdiv(n_queries, block_m), q.shape[0] * q.shape[1])
     _pladis_kernel[grid](
@@ -239,7 +239,7 @@ def pladis_attention_triton(
         q.shape[1], n_queries, n_keys, head_dim, value_dim,
         float(softmax_scale), float(scale), float(alpha - 1.0), float(1.0 / temperature),
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_DV=block_dv,
-        KIND=kind if kind > 0 else 5, STEPS_=steps, MASK_KIND=mask_kind, DELTA_ONLY=delta_only,
+        KIND=kind if kind >= 0 else 5, STEPS_=steps, MASK_KIND=mask_kind, DELTA_ONLY=delta_only,
         FP32_DOT=query.dtype == torch.float32 or (query.dtype == torch.bfloat16 and query.device.type == "cpu"),
         num_warps=4 if block_n <= 128 else 8,
     )  # fmt: skip
