@@ -19,6 +19,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--sweep", action="store_true", help="also time 20 alphas in [1, 2] (one process)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     x = torch.randn(args.rows, args.cols, device=args.device) * 3
@@ -56,6 +57,26 @@ def main() -> None:
     print(f"{'method':34s} {'ms':>9s} {'x softmax':>10s}")
     for name, t in best.items():
         print(f"{name:34s} {t * 1e3:9.2f} {t / base:10.2f}")
+    if args.sweep:
+        alphas = [round(a, 4) for a in torch.linspace(1.05, 2.0, 20).tolist()]
+        sweep = {a: float("inf") for a in alphas}
+        for a in alphas:  # warm-up: compiles at most one graph per alpha kind
+            pladis.entmax(x, a)
+        for _ in range(max(2, args.rounds // 2)):
+            sync()
+            start = time.perf_counter()
+            torch.softmax(x, -1)
+            sync()
+            base = min(base, time.perf_counter() - start)
+            for a in alphas:
+                sync()
+                start = time.perf_counter()
+                pladis.entmax(x, a)
+                sync()
+                sweep[a] = min(sweep[a], time.perf_counter() - start)
+        print("\nalpha sweep (one process, after the first call of each):")
+        print("  ".join(f"{a:g}: {t / base:.2f}x" for a, t in sweep.items()))
+        print(f"worst {max(sweep.values()) / base:.2f}x softmax, at alpha {max(sweep, key=sweep.__getitem__):g}")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 S and the mixed map are computed in float32 (float64 for float64 inputs); the map meets V in one product.
 Long query sequences are processed in chunks so the score matrix never exceeds a fixed size.
 
-The map is computed by the backend chosen in `pladis.kernels` (eager, fused by torch.compile, or a registered
-kernel): `_mixed` is the one dispatch point.
+Where the backend chosen in `pladis.kernels` is the Triton kernel (the default on CUDA), the whole attention runs
+fused in `pladis.triton_attention`; otherwise the map is computed by the torch path (eager, fused by torch.compile
+with one graph per alpha kind, or a registered kernel): `_mixed` is its one dispatch point. Neither path syncs with
+the host, and alpha, temperature and shapes never trigger a recompile.
 """
 
 from __future__ import annotations
@@ -15,60 +17,70 @@ import math
 
 import torch
 
-from .entmax import check_alpha, compute_dtype, exact_rows, masked_softmax, solve_rows
-from .kernels import Fusable, registered_kernel
+from .entmax import alpha_kind, check_alpha, compute_dtype, mixed_map, scalar
+from .kernels import Fusable, registered_kernel, wants_triton
 
 MAX_SCORE_ELEMENTS = 1 << 25  # score-matrix elements per chunk (128 MiB in float32)
 
 
+MAX_SCALE = 1e3  # map entries reach scale in magnitude: beyond, fp16 outputs overflow for |value| > 65
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-6, 1e6  # scores / temperature stay finite in float32 for |scores| < 3e32
+
+
 def check_scale(scale: float) -> float:
+    """scale (lambda) in [0, 1000]: the map (1 - lambda) softmax + lambda entmax has entries up to lambda in size,
+    so larger values overflow half-precision outputs (and amplify float32 rounding past visible levels)."""
     try:
         value = float(scale)
     except (TypeError, ValueError):
-        raise ValueError(f"PLADIS scale must be a number >= 0, got {scale!r}") from None
-    if not value >= 0 or math.isinf(value):
+        raise ValueError(f"PLADIS scale must be a number in [0, {MAX_SCALE:g}], got {scale!r}") from None
+    if not 0 <= value <= MAX_SCALE:  # also rejects NaN and inf
         raise ValueError(
-            f"PLADIS scale must be a finite number >= 0 (0 = the untouched model, 2 = the paper's default), got {scale!r}"
+            f"PLADIS scale must be in [0, {MAX_SCALE:g}] (0 = the untouched model, 2 = the paper's default), got {scale!r}"
         )
     return value
 
 
 def check_temperature(temperature: float) -> float:
+    """temperature in [1e-6, 1e6]: 1 / temperature and scores / temperature stay finite in float32 maths."""
     try:
         value = float(temperature)
     except (TypeError, ValueError):
-        raise ValueError(f"temperature must be a positive number, got {temperature!r}") from None
-    if not value > 0 or math.isinf(value):
-        raise ValueError(f"temperature must be a finite number > 0 (1 = none), got {temperature!r}")
+        raise ValueError(
+            f"temperature must be a number in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}], got {temperature!r}"
+        ) from None
+    if not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise ValueError(
+            f"temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (1 = none), got {temperature!r}"
+        )
     return value
 
 
-def mixed_rows(
-    scores: torch.Tensor, scale: torch.Tensor, alpha: float, temperature: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(1 - scale) softmax + scale entmax over the last dim, and a per-row flag 'entmax verified exact'."""
-    dense = masked_softmax(scores)
-    sparse, ok = solve_rows(scores if temperature == 1.0 else scores / temperature, alpha)
-    return dense + scale * (sparse - dense), ok
+def _mixed_rows(rows, scale, a, inv_temperature, kind):
+    return mixed_map(rows, scale, a, inv_temperature, kind)
 
 
-_fused_mixed_rows = Fusable(mixed_rows)
+_mixed_graphs = Fusable(_mixed_rows)
+
+
+def mixed_rows(scores: torch.Tensor, scale: torch.Tensor, alpha: float, temperature: float) -> torch.Tensor:
+    """(1 - scale) softmax + scale entmax_alpha(scores / temperature) over the last dim, eagerly (a reference)."""
+    dtype = scores.dtype
+    return mixed_map(scores, scale, scalar(alpha - 1.0, dtype), scalar(1.0 / temperature, dtype), alpha_kind(alpha))
 
 
 def _mixed(scores: torch.Tensor, scale: torch.Tensor, alpha: float, temperature: float) -> torch.Tensor:
-    """The PLADIS map of fp32/fp64 scores through the chosen backend; unverified rows are redone exactly."""
+    """The PLADIS map of fp32/fp64 scores through the chosen torch-path backend: no host sync, no recompile per
+    alpha, temperature or shape (one graph per alpha kind, scalars as tensor inputs)."""
     kernel = registered_kernel()
     if kernel is not None:
         return kernel(scores, scale, alpha, temperature)
+    dtype = scores.dtype
     rows = scores.reshape(-1, scores.shape[-1])
-    weights, ok = _fused_mixed_rows(rows, scale, alpha, temperature)
-    bad = ~ok.squeeze(-1)
-    if bool(bad.any()):
-        dense = masked_softmax(rows[bad])
-        sharp = rows[bad] if temperature == 1.0 else rows[bad] / temperature
-        weights = weights.clone()
-        weights[bad] = dense + scale * (exact_rows(sharp, alpha) - dense)
-    return weights.view(scores.shape)
+    out = _mixed_graphs(
+        alpha_kind(alpha), rows, scale.to(dtype), scalar(alpha - 1.0, dtype), scalar(1.0 / temperature, dtype)
+    )
+    return out.view(scores.shape)
 
 
 def pladis_weights(
@@ -112,6 +124,18 @@ def query_chunks(
         yield query[..., first:last, :], mask_rows(attn_mask, first, last)
 
 
+def use_kernel(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None) -> bool:
+    """Whether the fused Triton kernel computes this call (backend choice, no gradients needed, shapes it takes)."""
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (query, key, value, attn_mask)
+    )
+    if not wants_triton(query.device, needs_grad):
+        return False
+    from .triton_attention import supports
+
+    return supports(query, key, value)
+
+
 def pladis_attention(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -130,6 +154,19 @@ def pladis_attention(
     (True = attend) or additive float. Returns (..., Lq, Dv) in value's dtype.
     """
     scale, alpha, temperature = check_scale(scale), check_alpha(alpha), check_temperature(temperature)
+    if use_kernel(query, key, value, attn_mask):
+        from .triton_attention import pladis_attention_triton
+
+        return pladis_attention_triton(
+            query,
+            key,
+            value,
+            scale=scale,
+            alpha=alpha,
+            attn_mask=attn_mask,
+            softmax_scale=softmax_scale,
+            temperature=temperature,
+        )
     if softmax_scale is None:
         softmax_scale = 1.0 / math.sqrt(query.shape[-1])
     dtype = compute_dtype(query.dtype)

@@ -2,11 +2,23 @@
 
     entmax_alpha(x)_i = [(alpha - 1) x_i - tau]_+ ** (1 / (alpha - 1)),   tau such that the row sums to 1.
 
-The threshold tau is found by Newton steps on f(tau) = sum_i [(alpha-1) x_i - tau]_+^k - 1 (k = 1/(alpha-1)),
-started below the root; f is convex and decreasing, so the iterates rise monotonically towards it. For alpha 1.5 and
-2 the root on the found support has a closed form, which is then verified; for other alpha the iteration is checked
-for convergence. Rows that fail the check are solved again in float64 to convergence, so no result depends on a
-fixed iteration count. Inputs of any float dtype are computed in float32 (float64 stays float64).
+The solve works per row with a fixed number of passes, no sorting, no host round trip and no data-dependent branch
+(so it runs under `torch.compile(fullgraph=True)`, CUDA graphs and without a single device-to-host sync):
+
+* Variables. With a = alpha - 1, k = 1/a, y = x - max(x) <= 0 and tau = a t - 1 (t >= 0), each entry is
+  d_i = 1 + a (y_i - t), p_i = (d_i)_+^k. Powers are exp(k log1p(a (y_i - t))): accurate even as alpha -> 1.
+* Newton on the k-norm. h(t) = ||(d)_+||_k - 1 is convex and decreasing in tau (a monotone norm of convex functions
+  of tau), so Newton steps started below the root rise monotonically towards it and never overshoot. On a fixed
+  support with equal entries h is linear (one step), and near the root the convergence is quadratic.
+* Start. tau_0 = max(-1, mean(z) - n^(-1/k)) is below the root (power-mean inequality; z = a y over the n finite
+  entries). The number of steps per alpha class (`STEPS`) was set with a margin from worst-case rows (ties, huge and
+  tiny ranges, geometric and quadratic decays, -inf entries, 1 to 1024 keys): see tests/test_entmax.py.
+* Finish. For alpha = 2 and 1.5 the last step is the closed form on the found support (exact once the support is).
+
+alpha is classified in Python into a kind: softmax, an integer k in {1, 2, 3, 4} (alpha 2, 1.5, 4/3, 1.25: powers as
+products) or any other alpha (powers through exp/log, alpha as a tensor argument). Each kind has its own compiled
+graph with dynamic shapes, so an alpha sweep, a new key length or a new dtype never hits torch.compile's recompile
+limit. Inputs of any float dtype are computed in float32 (float64 stays float64).
 
 Masks: entries at -inf (or where a boolean `mask` is False) get exactly 0; a fully masked row returns zeros.
 """
@@ -19,7 +31,11 @@ import torch
 
 from .kernels import Fusable
 
-NEWTON_STEPS = 6  # enough to fix the support of nearly every row; the rest take the exact fallback
+SOFTMAX = 0  # kind of alpha = 1
+ANY = -1  # kind of a non-integer k = 1 / (alpha - 1) < 2 (alpha > 1.5); -2: 2 < k < 4; -3: k > 4 (alpha < 1.25)
+STEPS = {1: 7, 2: 5, 3: 5, 4: 5, -1: 7, -2: 5, -3: 4}  # Newton steps per kind for rows of <= 128 keys
+LONG_ROW, LONG_ROW_STEPS = 128, 2  # longer rows take 2 more steps (tests/test_entmax.py: hard rows up to 1024)
+STEPS_FLOAT64 = 3  # extra steps in float64, whose target precision is 1e-15 rather than 1e-7
 
 
 def check_alpha(alpha: float) -> float:
@@ -31,6 +47,17 @@ def check_alpha(alpha: float) -> float:
     if not 1.0 <= value <= 2.0:  # also rejects NaN
         raise ValueError(f"alpha must be in [1, 2] (1 = softmax, 1.5 = entmax-1.5, 2 = sparsemax), got {alpha!r}")
     return value
+
+
+def alpha_kind(alpha: float) -> int:
+    """SOFTMAX, an integer k = 1 / (alpha - 1) in 1..4 (powers as products), or ANY."""
+    if alpha == 1.0:
+        return SOFTMAX
+    k = 1.0 / (alpha - 1.0)
+    nearest = round(k)
+    if 1 <= nearest <= 4 and abs(k - nearest) < 1e-9:
+        return nearest
+    return ANY if k < 2 else -2 if k < 4 else -3  # fewer Newton steps suffice as k grows (tests/test_entmax.py)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -46,140 +73,112 @@ def masked_softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return e / torch.where(total > 0, total, torch.ones_like(total))
 
 
-def shifted_logits(scores: torch.Tensor, alpha: float) -> torch.Tensor:
-    """z = (alpha - 1) (x - max x): the row maximum at 0, so the threshold lies in [-1, 0)."""
-    top = scores.amax(-1, keepdim=True)
+def _powers(w: torch.Tensor, k: torch.Tensor, kind: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d^(k-1), d^k) for d = (1 + w)_+, w >= -1 (w = -inf on masked entries)."""
+    if kind < 0:  # k > 1 here, so exp(-inf * (k - 1)) = 0 on entries outside the support
+        log_d = torch.log1p(w.clamp_min(-1.0))
+        lower = torch.exp(log_d * (k - 1))
+        return lower, lower * (1 + w).clamp_min(0)
+    d = (1 + w).clamp_min(0)
+    if kind == 1:
+        return (d > 0).to(d.dtype), d
+    lower = d
+    for _ in range(kind - 2):
+        lower = lower * d
+    return lower, lower * d
+
+
+def _shifted(x: torch.Tensor, inv_temperature: torch.Tensor) -> torch.Tensor:
+    """y = (x - max x) / temperature <= 0, the row maximum at 0 (-inf stays -inf; a fully masked row all -inf)."""
+    top = x.amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-    return (scores - top) * (alpha - 1.0)
+    return (x - top) * inv_temperature
 
 
-def _power(d: torch.Tensor, exponent: float) -> torch.Tensor:
-    """d ** exponent; small integer exponents (alpha = 1.25 gives 3 and 4) as products, cheaper than pow."""
-    if exponent.is_integer() and 1 <= exponent <= 8:
-        out = d
-        for _ in range(int(exponent) - 1):
-            out = out * d
-        return out
-    return d.pow(exponent)
+def solve(y: torch.Tensor, a: torch.Tensor, kind: int, steps: int) -> torch.Tensor:
+    """t per row (tau = a t - 1) for shifted rows y, by `steps` Newton steps on the k-norm (module docstring)."""
+    k = 1.0 / a
+    finite = torch.isfinite(y)
+    n = finite.to(y.dtype).sum(-1, keepdim=True).clamp_min(1)
+    mean = torch.where(finite, y, torch.zeros_like(y)).sum(-1, keepdim=True) / n
+    t = (mean - torch.expm1(-a * torch.log(n)) / a).clamp_min(0)  # tau_0 = max(-1, mean(z) - n^(-1/k))
+    for step in range(steps):
+        lower, power = _powers(a * (y - t), k, kind)
+        mass, slope = power.sum(-1, keepdim=True), lower.sum(-1, keepdim=True)
+        if kind == 2 and step == steps - 1:  # closed form on the support: sum (d - delta)^2 = 1
+            size = (lower > 0).to(y.dtype).sum(-1, keepdim=True)
+            root = (slope * slope - size * (mass - 1)).clamp_min(0).sqrt()
+            delta = (mass - 1) / (slope + root).clamp_min(torch.finfo(y.dtype).tiny)
+        elif kind == 1:  # exact on the support (h is linear there)
+            delta = (mass - 1) / slope.clamp_min(1)
+        else:  # Newton on ||d||_k - 1: delta = (M - M^(1 - 1/k)) / sum d^(k-1)
+            norm_part = mass.sqrt() if kind == 2 else torch.exp((1 - 1 / k) * torch.log(mass))
+            delta = torch.where(slope > 0, (mass - norm_part) / slope.clamp_min(torch.finfo(y.dtype).tiny), 0.0)
+        t = t + delta / a
+    return t
 
 
-def _sums(z: torch.Tensor, tau: torch.Tensor, k: float):
-    """One pass over each row: d = (z - tau)_+, then sum d^k and sum d^(k-1) (the slope without its factor k)."""
-    d = (z - tau).clamp_min(0)
-    if k == 1.0:
-        return d.sum(-1, keepdim=True), (d > 0).to(z.dtype).sum(-1, keepdim=True)
-    if k == 2.0:
-        return (d * d).sum(-1, keepdim=True), d.sum(-1, keepdim=True)
-    lower = _power(d, k - 1)
-    return (lower * d).sum(-1, keepdim=True), lower.sum(-1, keepdim=True)
-
-
-def _support_size(z: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
-    return (z > tau).to(z.dtype).sum(-1, keepdim=True)
-
-
-def _newton_step(z: torch.Tensor, tau: torch.Tensor, k: float) -> torch.Tensor:
-    mass, slope = _sums(z, tau, k)
-    slope = k * slope
-    return torch.where(slope > 0, (mass - 1) / slope, 0.0)  # a row with no support (fully masked) stays put
-
-
-def initial_threshold(z: torch.Tensor, k: float) -> torch.Tensor:
-    """A threshold at or below the root: max(-1, mean(z) - n^(-1/k)) (power-mean bound; -1 when masked)."""
-    n = z.shape[-1]
-    return torch.maximum(z.mean(-1, keepdim=True) - n ** (-1.0 / k), torch.full_like(z[..., :1], -1.0))
-
-
-def closed_form_step(mass: torch.Tensor, first: torch.Tensor, size: torch.Tensor, k: float) -> torch.Tensor:
-    """Exact delta with sum_S (d - delta)^k = 1 on a fixed support S, from the sums of d^k, d and |S| (k in {1, 2}).
-
-    For k = 2 this is the smaller root of |S| delta^2 - 2 delta sum(d) + sum(d^2) - 1, written without cancellation.
-    """
-    size = size.clamp_min(1)
-    if k == 1.0:
-        return (mass - 1) / size
-    root = (first * first - size * (mass - 1)).clamp_min(0).sqrt()
-    return (mass - 1) / (first + root).clamp_min(torch.finfo(mass.dtype).tiny)
-
-
-def solve_threshold(z: torch.Tensor, k: float, steps: int = NEWTON_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
-    """Threshold for each row of z and a flag telling whether it is verified exact (to the dtype's precision)."""
-    tau = initial_threshold(z, k)
-    for _ in range(steps - 1):
-        tau = tau + _newton_step(z, tau, k)
-    mass, first = _sums(z, tau, k)
-    if k in (1.0, 2.0):
-        # exact on the support found so far; right when no entry of that support falls below the new threshold
-        size = _support_size(z, tau)
-        exact = tau + closed_form_step(mass, first, size, k)
-        return exact, (_support_size(z, exact) == size) | (size == 0)
-    step = torch.where(first > 0, (mass - 1) / (k * first), 0.0)
-    ok = step.abs() <= 4 * torch.finfo(z.dtype).eps * tau.abs().clamp_min(1)
-    return tau + step, ok
-
-
-def probabilities(z: torch.Tensor, tau: torch.Tensor, k: float) -> torch.Tensor:
-    d = (z - tau).clamp_min(0)
-    p = _power(d, k)
+def probabilities(y: torch.Tensor, t: torch.Tensor, a: torch.Tensor, kind: int) -> torch.Tensor:
+    w = a * (y - t)
+    if kind < 0:
+        p = torch.exp(torch.log1p(w.clamp_min(-1.0)) / a)
+    else:
+        p = _powers(w, 1.0 / a, kind)[1]
     total = p.sum(-1, keepdim=True)
     return p / torch.where(total > 0, total, torch.ones_like(total))
 
 
-def exact_threshold_float64(z: torch.Tensor, k: float, max_steps: int = 200) -> torch.Tensor:
-    """Reference solve in float64: Newton to a fixed point, then the closed form where one exists."""
-    z = z.double()
-    tau = torch.full_like(z[..., :1], -1.0)
-    for _ in range(max_steps):
-        step = _newton_step(z, tau, k)
-        tau = tau + step
-        if bool((step <= 1e-15 * tau.abs().clamp_min(1)).all()):
-            break
-    if k in (1.0, 2.0):
-        tau = tau + closed_form_step(*_sums(z, tau, k), _support_size(z, tau), k)
-    return tau
+def steps_for(kind: int, dtype: torch.dtype, n: int) -> int:
+    """Newton steps for rows of n entries (under torch.compile, n > 128 is a shape guard: two graphs at most)."""
+    return STEPS[kind] + (LONG_ROW_STEPS if n > LONG_ROW else 0) + (STEPS_FLOAT64 if dtype == torch.float64 else 0)
 
 
-def solve_rows(x: torch.Tensor, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """entmax over the last dim and a per-row 'verified exact' flag; pure tensor code, fusable."""
-    if alpha == 1.0:
-        return masked_softmax(x), torch.ones_like(x[..., :1], dtype=torch.bool)
-    k = 1.0 / (alpha - 1.0)
-    z = shifted_logits(x, alpha)
-    tau, ok = solve_threshold(z, k)
-    return probabilities(z, tau, k), ok
+def entmax_map(x: torch.Tensor, a: torch.Tensor, inv_temperature: torch.Tensor, kind: int) -> torch.Tensor:
+    """entmax_{1+a}(x / temperature) over the last dim; a and inv_temperature are 0-dim tensors (no recompile per
+    value), kind = alpha_kind(1 + a). Pure tensor code, fusable."""
+    y = _shifted(x, inv_temperature)
+    if kind == SOFTMAX:
+        return masked_softmax(y)
+    return probabilities(y, solve(y, a, kind, steps_for(kind, x.dtype, x.shape[-1])), a, kind)
 
 
-_fused_solve_rows = Fusable(solve_rows)
+def mixed_map(
+    x: torch.Tensor, scale: torch.Tensor, a: torch.Tensor, inv_temperature: torch.Tensor, kind: int
+) -> torch.Tensor:
+    """The PLADIS map (1 - scale) softmax(x) + scale entmax_{1+a}(x / temperature) over the last dim."""
+    dense = masked_softmax(x)
+    return dense + scale * (entmax_map(x, a, inv_temperature, kind) - dense)
 
 
-def exact_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
-    """entmax of rows through the float64 solve, for the rows whose fast solve did not verify."""
-    if alpha == 1.0:
-        return masked_softmax(x)
-    k = 1.0 / (alpha - 1.0)
-    z = shifted_logits(x, alpha)
-    return probabilities(z, exact_threshold_float64(z, k).to(z.dtype), k)
+_entmax_graphs = Fusable(entmax_map)
 
 
-def entmax_rows(x: torch.Tensor, alpha: float) -> torch.Tensor:
+def scalar(value: float, dtype: torch.dtype) -> torch.Tensor:
+    """A 0-dim CPU tensor: a graph input (no recompile per value) that needs no host-to-device copy."""
+    return torch.tensor(value, dtype=dtype)
+
+
+def entmax_rows(x: torch.Tensor, alpha: float, temperature: float = 1.0) -> torch.Tensor:
     """entmax over the last dim of x in x's dtype (float32 or float64), no autograd, every row exact."""
+    kind = alpha_kind(alpha)
+    a, inv_t = scalar(alpha - 1.0, x.dtype), scalar(1.0 / temperature, x.dtype)
     rows = x.reshape(-1, x.shape[-1])
-    p, ok = _fused_solve_rows(rows, alpha)
-    bad = ~ok.squeeze(-1)
-    if bool(bad.any()):
-        p = p.clone()
-        p[bad] = exact_rows(rows[bad], alpha)
-    return p.view(x.shape)
+    return _entmax_graphs(kind, rows, a, inv_t).view(x.shape)
 
 
 def entmax_backward(p: torch.Tensor, grad: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
-    """Vector-Jacobian product of entmax: J = diag(s) - s s^T / sum(s), s = p^(2 - alpha) on the support."""
+    """Vector-Jacobian product of entmax: J = diag(s) - s s^T / sum(s), s = p^(2 - alpha) on the support.
+
+    Written in differentiable torch ops of p, so it has a (double) backward itself; p^(2 - alpha) is taken only on
+    the support (p > 0), where it is smooth, and is 0 elsewhere.
+    """
+    support = p > 0
     if alpha == 1.0:
         s = p
     elif alpha == 2.0:
-        s = (p > 0).to(p.dtype)
+        s = support.to(p.dtype)
     else:
-        s = torch.where(p > 0, p.pow(2.0 - alpha), torch.zeros_like(p))
+        s = torch.where(support, torch.where(support, p, torch.ones_like(p)).pow(2.0 - alpha), torch.zeros_like(p))
     sg = s * grad
     total = s.sum(dim, keepdim=True)
     return sg - s * (sg.sum(dim, keepdim=True) / torch.where(total > 0, total, torch.ones_like(total)))
@@ -190,18 +189,20 @@ class _Entmax(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, alpha: float, dim: int) -> torch.Tensor:
         xc = x.detach().to(compute_dtype(x.dtype)).movedim(dim, -1).contiguous()
         p = entmax_rows(xc, alpha).movedim(-1, dim)
-        ctx.save_for_backward(p)
+        out = p.to(x.dtype)
+        ctx.save_for_backward(out)  # the output: its graph (for a double backward) is this function's
         ctx.alpha, ctx.dim = alpha, dim
-        return p.to(x.dtype)
+        return out
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (p,) = ctx.saved_tensors
-        return entmax_backward(p, grad.to(p.dtype), ctx.alpha, ctx.dim).to(grad.dtype), None, None
+        pc = p.to(compute_dtype(p.dtype))  # torch ops: under create_graph they are recorded (double backward)
+        return entmax_backward(pc, grad.to(pc.dtype), ctx.alpha, ctx.dim).to(grad.dtype), None, None
 
 
 def entmax(x: torch.Tensor, alpha: float = 1.5, dim: int = -1, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """alpha-entmax of `x` along `dim`, exact for every alpha in [1, 2]; differentiable.
+    """alpha-entmax of `x` along `dim`, exact for every alpha in [1, 2]; differentiable (twice).
 
     mask: optional boolean tensor broadcastable to x, True where an entry takes part. Masked entries (and entries
     at -inf) get exactly 0; a row with no entry left returns zeros. The result has x's dtype, computed in float32

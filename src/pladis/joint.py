@@ -30,7 +30,16 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .attention import MAX_SCORE_ELEMENTS, _apply_mask, _mixed, check_scale, check_temperature, mask_rows, query_chunks
+from .attention import (
+    MAX_SCORE_ELEMENTS,
+    _apply_mask,
+    _mixed,
+    check_scale,
+    check_temperature,
+    mask_rows,
+    query_chunks,
+    use_kernel,
+)
 from .entmax import check_alpha, compute_dtype, masked_softmax
 
 
@@ -117,6 +126,10 @@ def pladis_joint_attention(
     keys_text = key[..., start:stop, :].to(dtype).transpose(-1, -2)
     value_text = value[..., start:stop, :].to(dtype)
     result = out.to(dtype, copy=True)  # text-query rows stay the stock output (exact round trip to out's dtype)
+    if use_kernel(query, key, value, attn_mask):
+        return _joint_by_kernel(
+            query, key, value, result, (start, stop), scale, alpha, attn_mask, text_mask, softmax_scale, temperature
+        ).to(out.dtype)
     for a, b in image_row_ranges(start, stop, length):
         mass = (
             None
@@ -127,16 +140,40 @@ def pladis_joint_attention(
         for q, mask in query_chunks(query, keys_text.transpose(-1, -2), text_mask, max_score_elements, rows=(a, b)):
             n = q.shape[-2]
             text_scores = _apply_mask(torch.matmul(q.to(dtype) * softmax_scale, keys_text), mask)
-            if mass is None:  # m = exp(lse_text - lse_all), lse_all from the fused kernel
+            if lse is not None:  # m = exp(lse_text - lse_all), lse_all from the fused kernel
                 lse_all = lse[..., row : row + n, :]
                 m = torch.exp(torch.logsumexp(text_scores, -1, keepdim=True) - lse_all)
                 m = torch.where(torch.isfinite(lse_all), m, torch.zeros_like(m))
-            else:
+            elif mass is not None:
                 m = mass[..., row - a : row - a + n, :]
             delta = _mixed(text_scores, lam, alpha, temperature) - masked_softmax(text_scores)
             result[..., row : row + n, :] += m * torch.matmul(delta, value_text)
             row += n
     return result.to(out.dtype)
+
+
+def _joint_by_kernel(query, key, value, result, text, scale, alpha, attn_mask, text_mask, softmax_scale, temperature):
+    """The image rows' correction m * lambda (entmax - softmax)_text V_text by the fused Triton kernel (no score
+    matrix in memory); m, the dense text mass, by one more fused SDPA call."""
+    from .triton_attention import pladis_attention_triton
+
+    start, stop = text
+    length = key.shape[-2]
+    for a, b in image_row_ranges(start, stop, length):
+        mass = text_mass(query[..., a:b, :], key, text, attn_mask, a, b, softmax_scale)
+        delta = pladis_attention_triton(
+            query[..., a:b, :],
+            key[..., start:stop, :],
+            value[..., start:stop, :],
+            scale=scale,
+            alpha=alpha,
+            attn_mask=mask_rows(text_mask, a, b),
+            softmax_scale=softmax_scale,
+            temperature=temperature,
+            delta_only=True,
+        )
+        result[..., a:b, :] += mass * delta.to(result.dtype)
+    return result
 
 
 def stock_attention(query, key, value, attn_mask, softmax_scale) -> tuple[torch.Tensor, torch.Tensor | None]:
