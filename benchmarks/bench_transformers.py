@@ -2,7 +2,7 @@
 
 Stock and PLADIS generations are interleaved in one run (stock, PLADIS, stock, PLADIS, ...) on one thread, and
 each side reports the minimum over its repeats, so machine noise hits both alike. The pipelines are
-`pladis.tiny_transformers`' random-weight ones, called the way the real ones are: FLUX schnell-style
+`pladis.testing.transformers`' random-weight ones, called the way the real ones are: FLUX schnell-style
 (guidance_scale=0, 4 steps, max_sequence_length=256) and SD3 with classifier-free guidance.
 
     python benchmarks/bench_transformers.py [--repeats 5] [--backend auto|eager|compiled]

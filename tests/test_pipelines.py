@@ -1,6 +1,6 @@
 """End-to-end tests of the pladis public API on tiny random-weight diffusers pipelines.
 
-Everything runs offline on CPU: the pipelines come from :mod:`pladis.tiny`.
+Everything runs offline on CPU: the pipelines come from :mod:`pladis.testing`.
 Each pipeline is built once per module and restored after every test.
 """
 

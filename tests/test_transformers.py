@@ -1,7 +1,7 @@
 """PLADIS on transformer backbones: cross-attention (SANA, PixArt-Sigma, Wan, LTX-Video) and joint attention
 (FLUX double and single stream, SD3/SD3.5, CogVideoX), on tiny random-weight models built in code, offline.
 
-Most checks run at the denoiser level (`pladis.tiny_transformers.tiny_transformer`); a few whole pipelines check
+Most checks run at the denoiser level (`pladis.testing.transformers.tiny_transformer`); a few whole pipelines check
 that the pipelines' own call styles keep working.
 """
 

@@ -3,7 +3,7 @@
 Built fully in code and offline, for tests, benchmarks and CLI smoke tests; the configurations follow diffusers'
 own fast-test configs. `tiny_transformer(name)` gives a denoiser and one set of forward inputs (text padding masks
 where the model takes them); `tiny_flux_pipeline`, `tiny_sd3_pipeline`, `tiny_sana_pipeline` and
-`tiny_pixart_sigma_pipeline` give whole pipelines with in-memory tokenizers (the CLIP one from `pladis.tiny`).
+`tiny_pixart_sigma_pipeline` give whole pipelines with in-memory tokenizers (the CLIP one from `pladis.testing.unet`).
 Every builder is deterministic for a given seed. The outputs are noise.
 """
 
