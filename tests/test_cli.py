@@ -15,6 +15,8 @@ from pladis.cli import common, loading
 from pladis.cli import generate as generate_command
 from pladis.compare import DEFAULT_BORDER, grid_layout, labelled_grid
 
+pytestmark = pytest.mark.usefixtures("eager_one_thread")
+
 runner = CliRunner()
 SIZE = 64
 
@@ -26,23 +28,6 @@ def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny-sd15")
     tiny_sd15_pipeline().save_pretrained(path)
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_cpu():
-    """The eager PLADIS kernel (no torch.compile warm-up; the maths are tested elsewhere) on one CPU thread.
-
-    One thread is as fast for these tiny models and keeps the tests quick on a busy machine, where
-    oversubscribed torch threads slow them several times over.
-    """
-    import torch
-
-    backend, threads = pladis.get_backend(), torch.get_num_threads()
-    pladis.set_backend("eager")
-    torch.set_num_threads(1)
-    yield
-    pladis.set_backend(backend)
-    torch.set_num_threads(threads)
 
 
 def generate(model, *args):

@@ -20,18 +20,10 @@ import pladis
 from pladis.testing import transformers as tiny_transformers
 from pladis.testing import unet as tiny_unet
 
+pytestmark = pytest.mark.usefixtures("eager_one_thread")
+
 SIZE = 32
 IMAGE_EMBED_DIM = 16
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_cpu():
-    backend, threads = pladis.get_backend(), torch.get_num_threads()
-    pladis.set_backend("eager")
-    torch.set_num_threads(1)
-    yield
-    pladis.set_backend(backend)
-    torch.set_num_threads(threads)
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,9 @@ from pladis import cli
 from pladis.testing import transformers as tiny_transformers
 from pladis.testing import unet as tiny_unet
 
+pytestmark = pytest.mark.usefixtures("eager_one_thread")
+
 SIZE = 32
-
-
-@pytest.fixture(scope="module", autouse=True)
-def fast_cpu():
-    backend = pladis.get_backend()
-    pladis.set_backend("eager")
-    yield
-    pladis.set_backend(backend)
 
 
 def run(pipe, handle=None, **kwargs):

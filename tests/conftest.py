@@ -1,0 +1,23 @@
+"""Fixtures shared by the test modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import pladis
+
+
+@pytest.fixture(scope="module")
+def eager_one_thread():
+    """The eager PLADIS kernel (no torch.compile warm-up; the maths are tested elsewhere) on one CPU thread.
+
+    One thread is as fast for these tiny models and keeps the tests quick on a busy machine, where
+    oversubscribed torch threads slow them several times over.
+    """
+    backend, threads = pladis.get_backend(), torch.get_num_threads()
+    pladis.set_backend("eager")
+    torch.set_num_threads(1)
+    yield
+    pladis.set_backend(backend)
+    torch.set_num_threads(threads)
