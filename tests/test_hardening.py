@@ -139,3 +139,14 @@ def test_generate_rejects_bad_paths_and_values_before_loading(args, expected, tm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_per_call_scale_through_cross_attention_kwargs_is_used():
+    pipe = tiny_unet.tiny_sd15_pipeline("ddim")
+    handle = pladis.apply(pipe, scale=2.0)
+    reference = run(pipe, handle, pladis_scale=3.5)
+    assert np.array_equal(run(pipe, cross_attention_kwargs={"pladis_scale": 3.5}), reference)
+    assert handle.scale == 2.0
+    handle.scale = 0.0
+    stock = run(pipe)
+    assert not np.array_equal(run(pipe, cross_attention_kwargs={"pladis_scale": 2.0}), stock)

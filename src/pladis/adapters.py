@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from diffusers.hooks import HookRegistry, ModelHook
 from torch.overrides import TorchFunctionMode
 
-from .attention import _apply_mask, pladis_attention, pladis_weights
+from .attention import _apply_mask, check_scale, pladis_attention, pladis_weights
 from .entmax import compute_dtype
 from .families import Family, Rule
 from .joint import joint_weights, pladis_joint_attention
@@ -294,7 +294,17 @@ class AttentionHook(ModelHook):
         self.settings = attend.settings
 
     def new_forward(self, module, *args, **kwargs):
-        kwargs.pop("pladis_scale", None)  # a per-call scale reaches here through cross_attention_kwargs
+        scale = kwargs.pop("pladis_scale", None)  # a per-call scale, e.g. cross_attention_kwargs={"pladis_scale": 3}
+        if scale is None:
+            return self._forward(module, args, kwargs)
+        call = self.settings.call
+        before, call.scale = call.scale, check_scale(scale)
+        try:
+            return self._forward(module, args, kwargs)
+        finally:
+            call.scale = before
+
+    def _forward(self, module, args: tuple, kwargs: dict):
         original = self.fn_ref.original_forward
         if not self.settings.active:
             return original(*args, **kwargs)
