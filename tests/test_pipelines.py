@@ -292,7 +292,7 @@ def test_apply_twice_does_not_stack(prepared):
     once = prepared.pladis_image(3.0)
     pladis.apply(pipe, scale=2.0)
     pladis.apply(pipe, scale=3.0)
-    _assert_replaced(pipe, prepared.snapshot)  # wraps the originals, not the first PLADIS processors
+    _assert_replaced(pipe, prepared.snapshot)  # one hook per module, processors untouched: nothing stacks
     twice, _ = prepared.run()
     assert pladis.remove(pipe) == _cross_attention_keys(pipe)
     _assert_restored(pipe, prepared.snapshot)
@@ -419,7 +419,7 @@ def test_timestep_window(prepared):
         dict(alpha=math.nan),
         dict(layers=[]),
         dict(layers=[1]),
-        dict(layers="  "[:0]),
+        dict(layers=""),
         dict(timesteps=(2000.0, 3000.0)),
         dict(timesteps=(500.0, 100.0)),
     ],

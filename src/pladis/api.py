@@ -195,8 +195,9 @@ def apply(
         check_finite=bool(check_finite),
     )
     chosen_layers = _check_layers(layers)
+    models = dict(_models(target))
     found = []  # (qualified name, local name, component, module, rule, family)
-    for component, model in _models(target):
+    for component, model in models.items():
         family = families.family_of(model)
         targets = families.targets(model)
         if family is families.GENERIC:
@@ -215,7 +216,6 @@ def apply(
     chosen = _select([(q, n, f) for q, n, _, _, _, f in found], chosen_layers)
     remove(target)
     scheduler = getattr(target, "scheduler", None)
-    models = dict(_models(target))
     hooked = set()
     for qualified, _, component, module, rule, family in found:
         if qualified not in chosen:
