@@ -177,6 +177,23 @@ def test_assignment_is_balanced(db_url: str, run: Path):
     assert lefts == 12  # half of all showings put A on the left
 
 
+def test_evaluators_of_the_same_pairs_never_share_an_order(db_url: str, run: Path):
+    # 24 evaluators over 12 pairs, 4 each: 8 evaluators per set of pairs; plain shuffles would collide (p > 0.7).
+    engine, study_id = open_test_study(db_url, run, pairs=4)
+    for _ in range(24):
+        service.start_evaluator(engine, study_id)
+    with engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(Assignment.evaluator_id, Assignment.pair_id).order_by(
+                Assignment.evaluator_id, Assignment.position
+            )
+        ).all()
+    orders: dict[int, list[int]] = {}
+    for evaluator_id, pair_id in rows:
+        orders.setdefault(evaluator_id, []).append(pair_id)
+    assert len(orders) == 24 and len({tuple(o) for o in orders.values()}) == 24
+
+
 def test_blind_pages_and_one_participation(db_url: str, run: Path):
     engine, study_id = open_test_study(db_url, run, pairs=3)
     client = TestClient(create_app(engine, study_id, ADMIN))

@@ -176,6 +176,12 @@ def start_evaluator(engine: Engine, study_id: int) -> str:
             a_on_left = (slot // count + int(pair.flip)) % 2 == 0
             chosen.append((pair, a_on_left))
         rng.shuffle(chosen)
+        # Counterbalance order effects: an evaluator never repeats an earlier evaluator's exact order of the same pairs.
+        earlier = _orders_shown(session, study_id, evaluator.id)
+        for _ in range(100):
+            if tuple(pair.id for pair, _ in chosen) not in earlier:
+                break
+            rng.shuffle(chosen)
         for position, (pair, a_on_left) in enumerate(chosen, 1):
             session.add(
                 Assignment(
@@ -187,6 +193,19 @@ def start_evaluator(engine: Engine, study_id: int) -> str:
                 )
             )
     return token
+
+
+def _orders_shown(session: Session, study_id: int, except_evaluator: int) -> set[tuple[int, ...]]:
+    rows = session.execute(
+        select(Assignment.evaluator_id, Assignment.pair_id)
+        .join(Evaluator, Evaluator.id == Assignment.evaluator_id)
+        .where(Evaluator.study_id == study_id, Assignment.evaluator_id != except_evaluator)
+        .order_by(Assignment.evaluator_id, Assignment.position)
+    ).all()
+    orders: dict[int, list[int]] = {}
+    for evaluator_id, pair_id in rows:
+        orders.setdefault(evaluator_id, []).append(pair_id)
+    return {tuple(order) for order in orders.values()}
 
 
 def find_evaluator(session: Session, study_id: int, token: str | None) -> Evaluator | None:
