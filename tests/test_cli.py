@@ -90,8 +90,10 @@ def test_scale_zero_is_the_stock_image(model_dir, tmp_path):
 
 def test_out_writes_only_the_pladis_image_and_leaves_the_pipeline_clean(model_dir, tmp_path, monkeypatch):
     loaded = []
-    load = loading.load_pipeline
-    monkeypatch.setattr(generate_command, "load_pipeline", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    load = loading.load_preset_pipeline
+    monkeypatch.setattr(
+        generate_command, "load_preset_pipeline", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1]
+    )
     out = tmp_path / "sub" / "pladis.png"
     result = generate(model_dir, "--out", out, "--scheduler", "euler", "--freeu", "0.9,0.2,1.5,1.6")
     assert result.exit_code == 0, result.output
@@ -128,7 +130,7 @@ def test_pladis_errors_are_reported_before_any_generation(model_dir, tmp_path, m
 
     monkeypatch.setattr(pladis, "apply", refuse)
     monkeypatch.setattr(
-        generate_command, "run_pipeline", lambda *a, **k: pytest.fail("generated before checking PLADIS")
+        generate_command, "run_batch", lambda *a, **k: pytest.fail("generated before checking PLADIS")
     )
     result = generate(model_dir, "--compare", tmp_path / "cmp.png")
     assert result.exit_code == 2 and "Traceback" not in result.output

@@ -17,9 +17,11 @@ produced it) when it is a PNG.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,12 +34,15 @@ __all__ = [
     "FALLBACK_FONTS",
     "PLACEHOLDER",
     "GridLayout",
+    "can_write_mp4",
     "drawable",
     "font_for",
+    "frame_strip",
     "grid_layout",
     "labelled_grid",
     "load_font",
     "save_image",
+    "save_video",
     "wrap_text",
 ]
 
@@ -328,22 +333,85 @@ def labelled_grid(
     return grid
 
 
+def _atomic_write(path: Path, write) -> Path:
+    """``write(temp_path)``, fsync, then rename over ``path``: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(temp))
+        with open(temp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    return path
+
+
 def save_image(image: Image.Image, path: str | Path, metadata: Mapping[str, object] | None = None) -> Path:
-    """Save ``image`` at ``path`` (format from the extension; parent folders created).
+    """Save ``image`` at ``path`` atomically (format from the extension; parent folders created).
 
     For PNG, ``metadata`` is written as text chunks (non-string values as
     JSON); read them back with ``Image.open(path).text``.  Other formats
     ignore it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
     if path.suffix.lower() == ".png":
         from PIL.PngImagePlugin import PngInfo
 
         info = PngInfo()
         for key, value in (metadata or {}).items():
             info.add_text(str(key), value if isinstance(value, str) else json.dumps(value))
-        image.save(path, pnginfo=info)
-    else:
-        image.convert("RGB").save(path)
-    return path
+        return _atomic_write(path, lambda temp: image.save(temp, format="PNG", pnginfo=info))
+    return _atomic_write(path, lambda temp: image.convert("RGB").save(temp, format=fmt))
+
+
+def can_write_mp4() -> bool:
+    """Whether imageio-ffmpeg (which brings its own ffmpeg) is installed: mp4 output needs it."""
+    import importlib.util
+
+    return importlib.util.find_spec("imageio_ffmpeg") is not None
+
+
+def save_video(frames: Sequence[Image.Image], path: str | Path, fps: int = 16) -> Path:
+    """Write ``frames`` atomically as an mp4 (H.264 through imageio-ffmpeg) or an animated GIF (Pillow).
+
+    The format follows the extension: ``.mp4`` needs imageio-ffmpeg, ``.gif`` needs nothing more.
+    """
+    path = Path(path)
+    if not frames:
+        raise ValueError("no frames to write")
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+
+        def write_gif(temp: Path) -> None:
+            first, *rest = [f.convert("RGB") for f in frames]
+            first.save(temp, format="GIF", save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
+
+        return _atomic_write(path, write_gif)
+    if suffix != ".mp4":
+        raise ValueError(f"cannot write video {str(path)!r}: use a .mp4 or .gif file name")
+    import imageio_ffmpeg
+    import numpy as np
+
+    width, height = frames[0].size
+
+    def write_mp4(temp: Path) -> None:
+        writer = imageio_ffmpeg.write_frames(str(temp), (width, height), fps=fps, macro_block_size=1)
+        writer.send(None)
+        for frame in frames:
+            writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
+        writer.close()
+
+    return _atomic_write(path, write_mp4)
+
+
+def frame_strip(frames: Sequence[Image.Image], count: int = 4) -> list[Image.Image]:
+    """``count`` frames spread evenly over a video (first and last included), for a grid row."""
+    if len(frames) <= count:
+        return list(frames)
+    step = (len(frames) - 1) / (count - 1)
+    return [frames[round(i * step)] for i in range(count)]

@@ -254,3 +254,126 @@ def quiet_libraries(quiet: bool = True):
             d_logging.enable_progress_bar()
         if bars[1]:
             t_logging.enable_progress_bar()
+
+
+def parse_number_list(text: str | None, option: str, *, integers: bool = False) -> list | None:
+    """``"999,749,499"`` -> numbers (``--timesteps-list``, ``--sigmas``, ``--scales``...); a bad value: CLIError 2."""
+    if text is None:
+        return None
+    from pladis.presets import parse_float_list
+
+    try:
+        values = parse_float_list(text, option)
+    except ValueError as e:
+        raise CLIError(str(e), 2) from None
+    if integers:
+        if not all(v == int(v) for v in values):
+            raise CLIError(f"invalid {option} {text!r}: use whole numbers, e.g. 999,749,499,249", 2)
+        return [int(v) for v in values]
+    return values
+
+
+def parse_seeds(text: str | None, default: int) -> list[int]:
+    """``--seeds 0-7`` / ``0,3,9`` / ``0-3,10`` -> the seeds; the single ``--seed`` when not given."""
+    if text is None:
+        return [check_seed(default)]
+    from pladis.presets import parse_int_list
+
+    try:
+        seeds = parse_int_list(text, "--seeds")
+    except ValueError as e:
+        raise CLIError(str(e), 2) from None
+    for seed in seeds:
+        check_seed(seed, "--seeds")
+    return list(dict.fromkeys(seeds))  # each seed once, in the given order
+
+
+SPACINGS = ("trailing", "leading", "linspace")
+
+
+def build_preset(preset: str | None, model: str | None, **flags):
+    """The :class:`pladis.presets.Preset` a command line asks for: ``--preset`` (or a bare ``--model``) with every
+    given flag on top.  ``flags`` are CLI values (None = not given); bad values raise :class:`CLIError` (code 2)."""
+    from pladis import presets
+
+    if preset is None and not model:
+        raise CLIError(
+            "missing --model or --preset: give a Hub id like 'org/name', a local diffusers folder, or one of "
+            f"--preset {', '.join(presets.names())}",
+            2,
+        )
+    try:
+        base = presets.get(preset) if preset is not None else presets.custom(str(model))
+    except ValueError as e:
+        raise CLIError(str(e), 2) from None
+    fields: dict = {"model": model}
+    scheduler = flags.pop("scheduler", None)
+    config = dict(base.scheduler_config)
+    if scheduler is not None and scheduler != "keep":
+        from .loading import SCHEDULER_NAMES
+
+        class_name, extra = SCHEDULER_NAMES.get(scheduler, (scheduler, {}))
+        if class_name is not None and not class_name.endswith("Scheduler"):
+            names_ = ", ".join(SCHEDULER_NAMES)
+            raise CLIError(
+                f"invalid --scheduler {scheduler!r}: use {names_} or a diffusers class like DDIMScheduler", 2
+            )
+        fields["scheduler"], config = class_name, extra
+    elif scheduler == "keep":  # the model's own scheduler: the preset's choice is dropped
+        base, config = _replace(base, scheduler=None, scheduler_config={}), {}
+    spacing = flags.pop("spacing", None)
+    if spacing is not None:
+        if spacing not in SPACINGS:
+            raise CLIError(f"invalid --spacing {spacing!r}: use one of {', '.join(SPACINGS)}", 2)
+        config = {**config, "timestep_spacing": spacing}
+    fields["scheduler_config"] = config
+    size = flags.pop("size", None)
+    if size is not None:
+        fields["size"] = parse_size(size)
+    freeu = flags.pop("freeu", None)
+    if freeu is not None:
+        fields["freeu"] = tuple(parse_freeu(freeu).values())  # type: ignore[union-attr]
+    timesteps = flags.pop("timesteps_list", None)
+    if timesteps is not None:
+        values = parse_number_list(timesteps, "--timesteps-list", integers=True)
+        if (values and not all(0 <= t < 1000 for t in values)) or values != sorted(values, reverse=True):
+            raise CLIError(f"invalid --timesteps-list {timesteps!r}: need decreasing values in 0..999", 2)
+        fields["timesteps"] = tuple(values or ())
+        fields["steps"] = len(values or ())
+    sigmas = flags.pop("sigmas", None)
+    if sigmas is not None:
+        values = parse_number_list(sigmas, "--sigmas")
+        if values != sorted(values or [], reverse=True) or min(values or [0]) < 0:
+            raise CLIError(f"invalid --sigmas {sigmas!r}: need decreasing values >= 0", 2)
+        fields["sigmas"] = tuple(values or ())
+        fields["steps"] = len(values or ())
+    for key in ("pag_layers", "seg_layers", "pladis_layers"):
+        if flags.get(key) is not None:
+            fields[key] = tuple(names(flags.pop(key)) or ()) or None
+        flags.pop(key, None)
+    window = flags.pop("pladis_timesteps", None)
+    if window is not None:
+        fields["pladis_timesteps"] = parse_timesteps(window)
+    lora = flags.pop("lora", None)
+    if lora is not None:
+        fields["lora_repo"], fields["lora_file"] = lora, None
+    fields.update(flags)
+    try:
+        resolved = presets.resolve(base, **fields)
+    except ValueError as e:
+        raise CLIError(str(e), 2) from None
+    check_options(resolved.scale, resolved.alpha, resolved.temperature, resolved.steps, resolved.guidance, 0,
+                  resolved.pag_scale)  # fmt: skip
+    for option, value in (("--seg-scale", resolved.seg_scale), ("--seg-blur-sigma", resolved.seg_blur_sigma),
+                          ("--true-cfg", resolved.true_cfg), ("--controlnet-scale", resolved.controlnet_scale)):  # fmt: skip
+        if value is not None and (not math.isfinite(value) or value < 0):
+            raise CLIError(f"invalid {option} {value}: must be a finite number >= 0", 2)
+    if resolved.num_frames is not None and resolved.num_frames < 1:
+        raise CLIError(f"invalid --num-frames {resolved.num_frames}: need at least 1 frame", 2)
+    return resolved
+
+
+def _replace(preset, **changes):
+    import dataclasses
+
+    return dataclasses.replace(preset, **changes)

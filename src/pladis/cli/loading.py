@@ -121,53 +121,210 @@ def pick_dtype(dtype: str, device: str, transformer_based: bool):
     return torch.float16
 
 
-def _set_scheduler(pipe, name: str) -> None:
-    if name == "keep":
+#: ``--scheduler`` short names -> (diffusers class, config overrides).
+SCHEDULER_NAMES: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "keep": (None, {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-trailing": ("EulerDiscreteScheduler", {"timestep_spacing": "trailing"}),
+    "ddim": ("DDIMScheduler", {}),
+    "ddim-trailing": ("DDIMScheduler", {"timestep_spacing": "trailing"}),
+    "lcm": ("LCMScheduler", {}),
+}
+
+
+def _set_scheduler(pipe, class_name: str | None, config: dict[str, Any]) -> None:
+    """Replace the pipeline's scheduler by ``class_name`` built from its config, with ``config`` on top."""
+    if class_name is None and not config:
         return
+    import diffusers
+
     current = pipe.scheduler
-    if "FlowMatch" in type(current).__name__:
-        if name == "euler":
-            return  # flow-matching pipelines already sample with an Euler scheduler
+    name = class_name or type(current).__name__
+    cls = getattr(diffusers, name, None)
+    if cls is None or not name.endswith("Scheduler"):
+        raise CLIError(f"unknown scheduler {name!r}: use one of {', '.join(SCHEDULER_NAMES)} or a diffusers class", 2)
+    flow_now, flow_new = "FlowMatch" in type(current).__name__, "FlowMatch" in name
+    if flow_now and not flow_new:
         raise CLIError(
-            f"--scheduler {name} does not fit {type(pipe).__name__}, a flow-matching model; "
-            "use --scheduler keep (or euler)",
-            2,
+            f"scheduler {name} does not fit {type(pipe).__name__}, a flow-matching model; keep its own scheduler", 2
         )
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler, LCMScheduler
-
-    cls = {"ddim": DDIMScheduler, "lcm": LCMScheduler}.get(name, EulerDiscreteScheduler)
-    extra = {"timestep_spacing": "trailing"} if name == "euler-trailing" else {}
-    pipe.scheduler = cls.from_config(current.config, **extra)
+    pipe.scheduler = cls.from_config(current.config, **config)
 
 
-def _resolve_lora(lora: str) -> tuple[str, dict[str, Any]]:
-    """``load_lora_weights`` arguments for a LoRA file, folder, Hub repo or ``org/repo/file.safetensors``."""
+def _lora_source(preset) -> tuple[str, dict[str, Any]]:
+    """``load_lora_weights`` arguments for the preset's LoRA: a local file/folder, or a Hub repo and file."""
     import importlib.util
 
     if importlib.util.find_spec("peft") is None:
-        raise CLIError('--lora needs the peft package: pip install "pladis[lora]" (or pip install peft)')
-    path = Path(lora).expanduser()
+        raise CLIError('LoRA weights need the peft package: pip install "pladis[lora]" (or pip install peft)')
+    repo, file = preset.lora_repo, preset.lora_file
+    path = Path(repo).expanduser()
+    if path.exists():
+        return str(path), ({"weight_name": file} if file and path.is_dir() else {})
+    if repo.startswith((".", "/", "~")) or "\\" in repo or "/" not in repo:
+        raise CLIError(f"LoRA path {repo!r} does not exist; pass an existing .safetensors file or folder, or a Hub id")
+    parts = repo.split("/")
+    if len(parts) > 2:  # org/repo/file.safetensors names one file of the repo
+        repo, file = "/".join(parts[:2]), "/".join(parts[2:])
+    kwargs: dict[str, Any] = {"weight_name": file} if file else {}
+    if not _hub_reachable():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not (file and isinstance(try_to_load_from_cache(repo, file), str)):
+            raise CLIError(_offline_message("LoRA", f"{repo}/{file}" if file else repo))
+        kwargs["local_files_only"] = True
+    return repo, kwargs
+
+
+def _repo_source(what: str, repo: str, probe: str = "config.json") -> tuple[str, dict[str, Any]]:
+    """A local folder, or a Hub id that is reachable or cached; else one line naming the repo id."""
+    path = Path(repo).expanduser()
     if path.exists():
         return str(path), {}
-    if lora.startswith((".", "/", "~")) or "\\" in lora or "/" not in lora:
-        raise CLIError(f"LoRA path {lora!r} does not exist; pass an existing .safetensors file or folder, or a Hub id")
-    if not _hub_reachable():
-        raise CLIError(_offline_message("LoRA", lora))
-    parts = lora.split("/")
-    weight_name = "/".join(parts[2:])  # org/repo/file.safetensors names one file of the repo
-    return "/".join(parts[:2]), ({"weight_name": weight_name} if weight_name else {})
+    if _looks_like_path(repo):
+        raise CLIError(f"{what} path {repo!r} does not exist; pass an existing folder or a Hub id like 'org/name'")
+    if _hub_reachable():
+        return repo, {}
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, probe), str):
+        return repo, {"local_files_only": True}
+    raise CLIError(_offline_message(what, repo))
 
 
-def _load_lora(pipe, lora: str, source: str, kwargs: dict[str, Any]) -> None:
-    """Load and fuse a LoRA (e.g. a Lightning / Hyper-SD / DMD2 distillation), then drop its adapter layers."""
+def _load_lora(pipe, preset, source: str, kwargs: dict[str, Any]) -> None:
+    """Load the LoRA (e.g. a Lightning / Hyper-SD / DMD2 distillation); fused: its adapter layers go again."""
     if not hasattr(pipe, "load_lora_weights"):
-        raise CLIError(f"--lora: {type(pipe).__name__} does not support LoRA weights", 2)
+        raise CLIError(f"LoRA: {type(pipe).__name__} does not support LoRA weights", 2)
     try:
         pipe.load_lora_weights(source, **kwargs)
-        pipe.fuse_lora()
-        pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
+        if preset.lora_fuse:
+            pipe.fuse_lora(lora_scale=preset.lora_scale)
+            pipe.unload_lora_weights()  # the fused weights stay; the adapter layers go
+        elif preset.lora_scale != 1.0:
+            pipe.set_adapters(pipe.get_active_adapters(), adapter_weights=[preset.lora_scale])
     except Exception as e:
-        raise CLIError(_load_error_message("LoRA", lora, e)) from e
+        raise CLIError(_load_error_message("LoRA", preset.lora, e)) from e
+
+
+def _enable_seg(pipe, preset) -> None:
+    try:
+        from pladis import seg
+    except ImportError:
+        raise CLIError(
+            "SEG (--seg-scale) needs pladis.seg, which this install of pladis lacks; update pladis"
+        ) from None
+    try:
+        seg.enable_seg(pipe, scale=preset.seg_scale, blur_sigma=preset.seg_blur_sigma or 1e10,
+                       layers=list(preset.seg_layers or ("mid",)))  # fmt: skip
+    except ValueError as e:
+        raise CLIError(f"SEG: {e}", 2) from None
+
+
+def check_preset(preset, *, control_image=None, depth_from=None) -> None:
+    """Checks that need no model: flags that contradict the preset fail here, before any loading."""
+    if (control_image is not None or depth_from is not None) and not preset.controlnet:
+        raise CLIError(
+            "--control-image/--depth-from need a ControlNet pipeline: use --preset sdxl-controlnet-depth or "
+            "--controlnet REPO",
+            2,
+        )
+    if control_image is not None and depth_from is not None:
+        raise CLIError(
+            "give --control-image (used as it is) or --depth-from (a photo to estimate depth from), not both", 2
+        )
+    if depth_from is not None and not preset.depth_estimator:
+        raise CLIError("--depth-from needs a depth estimator (the sdxl-controlnet-depth preset has one)", 2)
+    if preset.pag_layers and not preset.pag_scale:
+        raise CLIError("--pag-layers needs --pag-scale (e.g. --pag-scale 3.0)", 2)
+    if preset.timesteps is not None and preset.sigmas is not None:
+        raise CLIError("give --timesteps-list or --sigmas, not both", 2)
+    if preset.true_cfg is not None and not preset.negative:
+        raise CLIError("--true-cfg needs a negative prompt (--negative 'blurry, low quality')", 2)
+    if preset.freeu is not None and preset.pipeline and "Flux" in preset.pipeline:
+        raise CLIError(f"--freeu: {preset.pipeline} has no FreeU (UNet pipelines only); drop --freeu", 2)
+
+
+def load_preset_pipeline(preset, *, device: str = "auto", dtype: str | None = None, offload: bool = False):
+    """The pipeline a :class:`pladis.presets.Preset` describes, set up and on its device (PLADIS not applied).
+
+    Every Hub repository the preset names (model, LoRA, VAE, ControlNet) is checked first: one not on this
+    machine while the Hub is unreachable fails with one line naming it, before anything is loaded.
+    """
+    import diffusers
+
+    check_preset(preset)
+    source, hub_kwargs = _resolve_model(preset.model)
+    lora_args = _lora_source(preset) if preset.lora_repo else None
+    vae_args = _repo_source("VAE", preset.vae) if preset.vae else None
+    controlnet_args = _repo_source("ControlNet", preset.controlnet) if preset.controlnet else None
+    if preset.pipeline is not None and not hasattr(diffusers, preset.pipeline):
+        raise CLIError(f"unknown pipeline class {preset.pipeline!r} in this diffusers {diffusers.__version__}", 2)
+    device = pick_device(device)
+    try:
+        config = diffusers.DiffusionPipeline.load_config(source, **hub_kwargs)
+        if not Path(source).is_dir():
+            source = diffusers.DiffusionPipeline.download(source, **hub_kwargs)
+    except Exception as e:
+        raise CLIError(_load_error_message("model", preset.model, e)) from e
+    if dtype is None:
+        dtype = preset.dtype if device != "cpu" else "auto"
+    torch_dtype = pick_dtype(dtype, device, transformer_based="transformer" in config)
+
+    with stderr().status(f"loading {preset.model} ..."):
+        kwargs: dict[str, Any] = dict(torch_dtype=torch_dtype)
+        if vae_args is not None:
+            kwargs["vae"] = _load_part(diffusers.AutoencoderKL, "VAE", preset.vae, vae_args, torch_dtype)
+        if controlnet_args is not None:
+            controlnet = _load_part(diffusers.ControlNetModel, "ControlNet", preset.controlnet, controlnet_args,
+                                    torch_dtype)  # fmt: skip
+            kwargs["controlnet"] = controlnet
+        pag = bool(preset.pag_scale)
+        if pag and preset.pag_layers:
+            kwargs["pag_applied_layers"] = list(preset.pag_layers)
+        class_name = preset.pipeline
+        if class_name is not None and (
+            pag != ("PAG" in class_name) or ("controlnet" in kwargs) != ("ControlNet" in class_name)
+        ):
+            class_name = (
+                None  # e.g. --pag-scale or --controlnet on a plain preset: diffusers' AutoPipeline picks the variant
+            )
+        if class_name is not None:
+            pipe = _from_class(getattr(diffusers, class_name), source, preset.model, kwargs)
+        else:
+            pipe = _from_pretrained(
+                source, preset.model, config, dict(kwargs, **({"enable_pag": True} if pag else {})), pag
+            )
+        _set_scheduler(pipe, preset.scheduler, dict(preset.scheduler_config))
+        if preset.freeu is not None:
+            if not hasattr(pipe, "enable_freeu"):
+                raise CLIError(f"--freeu: {type(pipe).__name__} has no FreeU (UNet pipelines only); drop --freeu", 2)
+            pipe.enable_freeu(**dict(zip(("s1", "s2", "b1", "b2"), preset.freeu)))
+        if lora_args is not None:
+            _load_lora(pipe, preset, *lora_args)
+        if preset.seg_scale:
+            _enable_seg(pipe, preset)
+        if offload and device != "cpu":
+            pipe.enable_model_cpu_offload(device=device)
+        else:
+            pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_part(cls, what: str, name: str, args: tuple[str, dict[str, Any]], torch_dtype):
+    source, kwargs = args
+    try:
+        return cls.from_pretrained(source, torch_dtype=torch_dtype, **kwargs)
+    except Exception as e:
+        raise CLIError(_load_error_message(what, name, e)) from e
+
+
+def _from_class(cls, source: str, model: str, kwargs: dict[str, Any]):
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except Exception as e:
+        raise CLIError(_load_error_message("model", model, e)) from e
 
 
 def load_pipeline(
@@ -184,44 +341,17 @@ def load_pipeline(
 ):
     """Load a text-to-image pipeline from a Hub id or folder, set it up and move it to its device.
 
-    A Hub model is downloaded first (with the Hub's own progress bars), then
-    loaded under a spinner with ``AutoPipelineForText2Image`` (``enable_pag``
-    for PAG), falling back to ``DiffusionPipeline``.  Raises
-    :class:`CLIError` with a one-line message on any expected failure.
+    The keyword form of :func:`load_preset_pipeline` for a model without a preset.  Raises :class:`CLIError`
+    with a one-line message on any expected failure.
     """
-    from diffusers import DiffusionPipeline
+    from pladis import presets
 
-    source, hub_kwargs = _resolve_model(model)
-    lora_args = _resolve_lora(lora) if lora else None
-    device = pick_device(device)
-    try:
-        config = DiffusionPipeline.load_config(source, **hub_kwargs)
-        if not Path(source).is_dir():
-            source = DiffusionPipeline.download(source, **hub_kwargs)
-    except Exception as e:
-        raise CLIError(_load_error_message("model", model, e)) from e
-    torch_dtype = pick_dtype(dtype, device, transformer_based="transformer" in config)
-
-    kwargs: dict[str, Any] = dict(torch_dtype=torch_dtype)
-    if pag:
-        kwargs["enable_pag"] = True
-        if pag_layers:
-            kwargs["pag_applied_layers"] = pag_layers
-    with stderr().status(f"loading {model} ..."):
-        pipe = _from_pretrained(source, model, config, kwargs, pag)
-        _set_scheduler(pipe, scheduler)
-        if freeu is not None:
-            if not hasattr(pipe, "enable_freeu"):
-                raise CLIError(f"--freeu: {type(pipe).__name__} has no FreeU (UNet pipelines only); drop --freeu", 2)
-            pipe.enable_freeu(**freeu)
-        if lora and lora_args:
-            _load_lora(pipe, lora, *lora_args)
-        if offload and device != "cpu":
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.to(device)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    class_name, config = SCHEDULER_NAMES.get(scheduler, (scheduler, {}))
+    preset = presets.custom(
+        model, scheduler=class_name, scheduler_config=config or None, pag_scale=1.0 if pag else None,
+        pag_layers=pag_layers, freeu=tuple(freeu.values()) if freeu else None, lora_repo=lora,
+    )  # fmt: skip
+    return load_preset_pipeline(preset, device=device, dtype=None if dtype == "auto" else dtype, offload=offload)
 
 
 def _from_pretrained(source: str, model: str, config: dict, kwargs: dict[str, Any], pag: bool):
@@ -239,6 +369,7 @@ def _from_pretrained(source: str, model: str, config: dict, kwargs: dict[str, An
                     "drop --pag-scale",
                     2,
                 ) from None
+            kwargs = {k: v for k, v in kwargs.items() if k not in ("enable_pag", "pag_applied_layers")}
             return DiffusionPipeline.from_pretrained(source, **kwargs)
     except CLIError:
         raise
@@ -273,28 +404,158 @@ def call_default(pipe, name: str, value=None):
     return param.default
 
 
-def run_pipeline(pipe, call_kwargs: dict[str, Any], seed: int, *, progress=None, description: str = "generating"):
-    """One image from ``pipe(**call_kwargs)`` with a fresh CPU ``torch.Generator`` seeded with ``seed``.
+def preset_call_kwargs(pipe, preset, *, control_image=None, depth_from=None) -> dict[str, Any]:
+    """What to pass ``pipe(...)`` besides prompt and generator, for the preset; checked against the pipeline.
 
-    The same seed gives the same initial noise whatever the device.  With a
-    rich ``progress``, a task advances once per denoising step (through
-    ``callback_on_step_end`` where the pipeline has it).
+    A setting the pipeline's call does not take is an error when it would change the image silently otherwise
+    (custom timesteps or sigmas, true CFG, a control image) and a warning else.
+    """
+    from .common import warn
+
+    params = _call_parameters(pipe)
+    name = type(pipe).__name__
+    for field, option in (("timesteps", "--timesteps-list"), ("sigmas", "--sigmas")):
+        if getattr(preset, field) is None:
+            continue
+        if field not in params:
+            raise CLIError(f"{option}: {name} does not take custom {field}; drop {option}", 2)
+        if field not in inspect.signature(pipe.scheduler.set_timesteps).parameters:
+            raise CLIError(f"{option}: {type(pipe.scheduler).__name__} does not take custom {field}; "
+                           "pick another --scheduler or drop the option", 2)  # fmt: skip
+    true_cfg = preset.true_cfg
+    if preset.negative and "true_cfg_scale" in params and true_cfg is None:
+        true_cfg = 4.0
+        warn(f"{name} uses a negative prompt only with true CFG: running it with --true-cfg {true_cfg} "
+             "(two model calls per step); pass --true-cfg to choose")  # fmt: skip
+    if true_cfg is not None and "true_cfg_scale" not in params:
+        raise CLIError(f"--true-cfg: {name} has no true CFG (use --guidance there); drop --true-cfg", 2)
+    image = None
+    if hasattr(pipe, "controlnet"):
+        image = _control_image(pipe, preset, control_image, depth_from)
+    elif control_image is not None or depth_from is not None:
+        raise CLIError(f"--control-image: {name} is not a ControlNet pipeline; use --preset sdxl-controlnet-depth", 2)
+    width, height = preset.size or (None, None)
+    kwargs, ignored = build_call_kwargs(
+        pipe, negative_prompt=preset.negative, num_inference_steps=preset.steps, guidance_scale=preset.guidance,
+        height=height, width=width, pag_scale=preset.pag_scale or None, max_sequence_length=preset.max_sequence_length,
+        timesteps=list(preset.timesteps) if preset.timesteps else None,
+        sigmas=list(preset.sigmas) if preset.sigmas else None, true_cfg_scale=true_cfg,
+        controlnet_conditioning_scale=preset.controlnet_scale if image is not None else None, image=image,
+        num_frames=preset.num_frames,
+    )  # fmt: skip
+    for key in ignored:
+        warn(f"{name} does not take {key}; ignoring it")
+    return kwargs
+
+
+def _control_image(pipe, preset, control_image, depth_from):
+    from PIL import Image
+
+    if control_image is not None:
+        return (
+            control_image if isinstance(control_image, Image.Image) else _open_image(control_image, "--control-image")
+        )
+    if depth_from is not None and preset.depth_estimator:
+        photo = depth_from if isinstance(depth_from, Image.Image) else _open_image(depth_from, "--depth-from")
+        width, height = preset.size or (1024, 1024)
+        return depth_map(photo, preset.depth_estimator, (width, height), str(pipe.device))
+    hint = (
+        " or --depth-from PHOTO (depth estimated by " + preset.depth_estimator + ")" if preset.depth_estimator else ""
+    )
+    raise CLIError(f"{type(pipe).__name__} needs a control image: give --control-image IMAGE{hint}", 2)
+
+
+def _open_image(path, option: str):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(Path(path).expanduser()) as im:
+            return im.convert("RGB")
+    except (OSError, UnidentifiedImageError) as e:
+        raise CLIError(
+            f"invalid {option} {str(path)!r}: cannot read it as an image ({e.__class__.__name__})", 2
+        ) from None
+
+
+def depth_map(photo, estimator: str, size: tuple[int, int], device: str = "cpu"):
+    """A 3-channel depth image of ``photo`` at ``size`` (width, height) from a DPT model, scaled to 0..255."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    source, kwargs = _repo_source("depth estimator", estimator)
+    try:
+        from transformers import DPTForDepthEstimation, DPTImageProcessor
+
+        processor = DPTImageProcessor.from_pretrained(source, **kwargs)
+        model = DPTForDepthEstimation.from_pretrained(source, **kwargs).to(device).eval()
+    except Exception as e:
+        raise CLIError(_load_error_message("depth estimator", estimator, e)) from e
+    pixels = processor(images=photo, return_tensors="pt").pixel_values.to(device)
+    with torch.no_grad():
+        depth = model(pixel_values=pixels).predicted_depth[:, None].float()
+    depth = torch.nn.functional.interpolate(depth, size=(size[1], size[0]), mode="bicubic", align_corners=False)
+    low, high = depth.amin(), depth.amax()
+    depth = ((depth - low) / (high - low).clamp_min(1e-8))[0, 0].clamp(0, 1).cpu().numpy()
+    return Image.fromarray((np.stack([depth] * 3, axis=-1) * 255).round().astype(np.uint8))
+
+
+def steps_per_call(pipe, call_kwargs: dict[str, Any]) -> int:
+    """Denoising steps one call of ``pipe(**call_kwargs)`` runs (for progress totals)."""
+    for key in ("timesteps", "sigmas"):
+        if call_kwargs.get(key):
+            return len(call_kwargs[key])
+    return int(call_default(pipe, "num_inference_steps", call_kwargs.get("num_inference_steps")) or 1)
+
+
+def run_pipeline(pipe, call_kwargs: dict[str, Any], seed: int, *, progress=None, description: str = "generating"):
+    """One image (or video: a list of frames) from ``pipe(**call_kwargs)`` with a CPU generator seeded ``seed``."""
+    task = progress.add_task(description, total=steps_per_call(pipe, call_kwargs)) if progress is not None else None
+    return run_batch(pipe, call_kwargs, [call_kwargs.get("prompt")], [seed], progress=progress, task=task)[0]
+
+
+def run_batch(pipe, call_kwargs: dict[str, Any], prompts: list, seeds: list[int], *, progress=None, task=None):
+    """``len(seeds)`` outputs from one call: prompt ``prompts[i]`` with noise from CPU generator ``seeds[i]``.
+
+    Each sample has its own ``torch.Generator("cpu")``, so a seed gives the same initial noise whatever the batch
+    and the device.  An output is a PIL image, or a list of PIL frames for a video pipeline.  With a rich
+    ``progress`` and ``task``, the task advances once per denoising step.
     """
     import torch
 
-    kwargs = dict(call_kwargs, generator=torch.Generator("cpu").manual_seed(seed))
-    task = total = None
-    if progress is not None:
-        total = call_default(pipe, "num_inference_steps", kwargs.get("num_inference_steps"))
-        task = progress.add_task(description, total=total)
-        if "callback_on_step_end" in _call_parameters(pipe):
+    kwargs = dict(call_kwargs, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds])
+    kwargs["prompt"] = list(prompts) if len(prompts) > 1 else prompts[0]
+    if len(seeds) == 1:
+        kwargs["generator"] = kwargs["generator"][0]
+    if progress is not None and task is not None and "callback_on_step_end" in _call_parameters(pipe):
+        start = next(t.completed for t in progress.tasks if t.id == task)
+        steps = steps_per_call(pipe, call_kwargs)
 
-            def on_step_end(_pipe, _step, _timestep, callback_kwargs):
-                progress.advance(task)
-                return callback_kwargs
+        def on_step_end(_pipe, _step, _timestep, callback_kwargs):
+            progress.advance(task)
+            return callback_kwargs
 
-            kwargs["callback_on_step_end"] = on_step_end
-    image = pipe(**kwargs).images[0]
-    if task is not None:
-        progress.update(task, total=total or 1, completed=total or 1)
-    return image
+        kwargs["callback_on_step_end"] = on_step_end
+    else:
+        start, steps = None, 0
+    output = pipe(**kwargs)
+    if progress is not None and task is not None and start is not None:
+        progress.update(task, completed=start + steps)  # schedulers such as PNDM call back once more or less
+    if hasattr(output, "frames"):
+        return [_frames(video) for video in output.frames]
+    return list(output.images)
+
+
+def _frames(video) -> list:
+    """One video of a pipeline's ``frames`` output (PIL list, or a float array in 0..1) as a list of PIL images."""
+    import numpy as np
+    from PIL import Image
+
+    if isinstance(video, list) and video and isinstance(video[0], Image.Image):
+        return video
+    array = np.asarray(video.detach().float().cpu() if hasattr(video, "detach") else video)
+    if array.ndim == 4 and array.shape[1] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(0, 2, 3, 1)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0, 1) * 255).round().astype(np.uint8)
+    return [Image.fromarray(frame) for frame in array]
