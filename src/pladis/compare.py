@@ -34,6 +34,7 @@ __all__ = [
     "FALLBACK_FONTS",
     "PLACEHOLDER",
     "GridLayout",
+    "atomic_write",
     "can_write_mp4",
     "drawable",
     "font_for",
@@ -333,7 +334,7 @@ def labelled_grid(
     return grid
 
 
-def _atomic_write(path: Path, write) -> Path:
+def atomic_write(path: Path, write) -> Path:
     """``write(temp_path)``, fsync, then rename over ``path``: a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
@@ -365,8 +366,8 @@ def save_image(image: Image.Image, path: str | Path, metadata: Mapping[str, obje
         info = PngInfo()
         for key, value in (metadata or {}).items():
             info.add_text(str(key), value if isinstance(value, str) else json.dumps(value))
-        return _atomic_write(path, lambda temp: image.save(temp, format="PNG", pnginfo=info))
-    return _atomic_write(path, lambda temp: image.convert("RGB").save(temp, format=fmt))
+        return atomic_write(path, lambda temp: image.save(temp, format="PNG", pnginfo=info))
+    return atomic_write(path, lambda temp: image.convert("RGB").save(temp, format=fmt))
 
 
 def can_write_mp4() -> bool:
@@ -391,7 +392,7 @@ def save_video(frames: Sequence[Image.Image], path: str | Path, fps: int = 16) -
             first, *rest = [f.convert("RGB") for f in frames]
             first.save(temp, format="GIF", save_all=True, append_images=rest, duration=round(1000 / fps), loop=0)
 
-        return _atomic_write(path, write_gif)
+        return atomic_write(path, write_gif)
     if suffix != ".mp4":
         raise ValueError(f"cannot write video {str(path)!r}: use a .mp4 or .gif file name")
     import imageio_ffmpeg
@@ -406,7 +407,7 @@ def save_video(frames: Sequence[Image.Image], path: str | Path, fps: int = 16) -
             writer.send(np.ascontiguousarray(np.asarray(frame.convert("RGB"))))
         writer.close()
 
-    return _atomic_write(path, write_mp4)
+    return atomic_write(path, write_mp4)
 
 
 def frame_strip(frames: Sequence[Image.Image], count: int = 4) -> list[Image.Image]:

@@ -335,15 +335,15 @@ def build_preset(preset: str | None, model: str | None, **flags):
         fields["freeu"] = tuple(parse_freeu(freeu).values())  # type: ignore[union-attr]
     timesteps = flags.pop("timesteps_list", None)
     if timesteps is not None:
-        values = parse_number_list(timesteps, "--timesteps-list", integers=True)
+        values = parse_number_list(timesteps, "--timesteps-list", integers=True) or []
         if (values and not all(0 <= t < 1000 for t in values)) or values != sorted(values, reverse=True):
             raise CLIError(f"invalid --timesteps-list {timesteps!r}: need decreasing values in 0..999", 2)
         fields["timesteps"] = tuple(values or ())
         fields["steps"] = len(values or ())
     sigmas = flags.pop("sigmas", None)
     if sigmas is not None:
-        values = parse_number_list(sigmas, "--sigmas")
-        if values != sorted(values or [], reverse=True) or min(values or [0]) < 0:
+        values = parse_number_list(sigmas, "--sigmas") or []
+        if values != sorted(values, reverse=True) or min(values) < 0:
             raise CLIError(f"invalid --sigmas {sigmas!r}: need decreasing values >= 0", 2)
         fields["sigmas"] = tuple(values or ())
         fields["steps"] = len(values or ())

@@ -208,8 +208,10 @@ def _load_lora(pipe, preset, source: str, kwargs: dict[str, Any]) -> None:
 
 
 def _enable_seg(pipe, preset) -> None:
+    import importlib
+
     try:
-        from pladis import seg
+        seg = importlib.import_module("pladis.seg")  # SEG lives in its own module
     except ImportError:
         raise CLIError(
             "SEG (--seg-scale) needs pladis.seg, which this install of pladis lacks; update pladis"

@@ -12,9 +12,11 @@ from .transformers import (
     tiny_sana_pipeline,
     tiny_sd3_pipeline,
     tiny_transformer,
+    tiny_wan_pipeline,
 )
 from .unet import (
     make_scheduler,
+    save_tiny_lora,
     tiny_clip_tokenizer,
     tiny_sd15_pipeline,
     tiny_sdxl_controlnet_pipeline,
@@ -24,6 +26,7 @@ from .unet import (
 
 __all__ = [
     "make_scheduler",
+    "save_tiny_lora",
     "tiny_clip_tokenizer",
     "tiny_flux_pipeline",
     "tiny_pixart_sigma_pipeline",
@@ -34,4 +37,5 @@ __all__ = [
     "tiny_sdxl_pag_pipeline",
     "tiny_sdxl_pipeline",
     "tiny_transformer",
+    "tiny_wan_pipeline",
 ]

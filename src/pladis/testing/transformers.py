@@ -362,3 +362,26 @@ def tiny_sana_pipeline(seed: int = 0):
                         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0))  # fmt: skip
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_wan_pipeline(seed: int = 0):
+    """A tiny random-weight `WanPipeline` (text-to-video; 2 blocks, T5 encoder, a small Wan VAE).
+
+    Call at height = width = 32 with num_frames = 5 (4k + 1): the VAE makes 2 latent frames of 4 x 4.
+    Its output is ``.frames`` (no ``.images``), as with the real Wan models.
+    """
+    from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanPipeline
+
+    transformer = _wan(seed, in_channels=16, out_channels=16).model
+    torch.manual_seed(seed)
+    vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
+                           temperal_downsample=[False, True, True]).eval()  # fmt: skip
+    pipe = WanPipeline(
+        tokenizer=tiny_t5_tokenizer(),
+        text_encoder=tiny_t5(seed + 1),
+        vae=vae,
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

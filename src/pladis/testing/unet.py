@@ -242,3 +242,25 @@ def tiny_sdxl_pag_pipeline(scheduler: str = "ddim", seed: int = 0, pag_applied_l
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def save_tiny_lora(pipe, folder, weight_name: str = "tiny_lora.safetensors", rank: int = 4, seed: int = 0):
+    """Write a random LoRA for ``pipe.unet``'s attention projections as ``folder/weight_name`` (safetensors).
+
+    Loadable with ``pipe.load_lora_weights(folder, weight_name=weight_name)``; nonzero, so fusing it changes the
+    UNet's weights.  ``pipe`` itself is left as it was.  Needs peft.
+    """
+    import copy
+    from pathlib import Path
+
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = copy.deepcopy(pipe.unet)
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))  # fmt: skip
+    state = get_peft_model_state_dict(unet)
+    state = {k: v + 0.05 * torch.randn_like(v) for k, v in state.items()}  # lora_B starts at zero: make it count
+    type(pipe).save_lora_weights(Path(folder), unet_lora_layers=state, weight_name=weight_name)
+    return Path(folder) / weight_name
