@@ -129,9 +129,7 @@ def test_pladis_errors_are_reported_before_any_generation(model_dir, tmp_path, m
         raise ValueError("no cross-attention found in FakePipeline: pass a text-conditioned pipeline")
 
     monkeypatch.setattr(pladis, "apply", refuse)
-    monkeypatch.setattr(
-        generate_command, "run_batch", lambda *a, **k: pytest.fail("generated before checking PLADIS")
-    )
+    monkeypatch.setattr(generate_command, "run_batch", lambda *a, **k: pytest.fail("generated before checking PLADIS"))
     result = generate(model_dir, "--compare", tmp_path / "cmp.png")
     assert result.exit_code == 2 and "Traceback" not in result.output
     assert result.stderr.strip().splitlines()[-1] == (

@@ -218,7 +218,7 @@ def describe_unexpected(e: Exception) -> str:
     if "out of memory" in text.lower():
         return f"out of memory ({text[:160]}): try --offload, a smaller --size or a lower-precision --dtype"
     if isinstance(e, ValueError):  # pladis.apply and the pipelines explain bad arguments in ValueErrors
-        hint = " (check --pag-layers: e.g. mid, down.block_1, up.block_0)" if "PAG layer" in text else ""
+        hint = " (check --pag-layers: e.g. mid, up_blocks.0, down_blocks.2.attentions.1)" if "PAG layer" in text else ""
         return (text or type(e).__name__) + hint
     if len(text) > 300:
         text = text[:297] + "..."
@@ -357,7 +357,7 @@ def build_preset(preset: str | None, model: str | None, **flags):
     lora = flags.pop("lora", None)
     if lora is not None:
         fields["lora_repo"], fields["lora_file"] = lora, None
-    fields.update(flags)
+    fields.update({k: v for k, v in flags.items() if v is not None})
     try:
         resolved = presets.resolve(base, **fields)
     except ValueError as e:

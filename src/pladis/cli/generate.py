@@ -169,8 +169,12 @@ def generate(
         if dry_run:
             from pladis.presets import describe
 
-            with quiet_libraries(not verbose):
-                print(json.dumps(describe(resolved), indent=2))
+            try:
+                with quiet_libraries(not verbose):
+                    described = describe(resolved)
+            except ValueError as e:  # e.g. custom timesteps on a scheduler that takes none
+                raise CLIError(str(e), 2) from None
+            print(json.dumps(described, indent=2))
             return
         prompts = read_prompts(prompt, prompts_file)
         seed_list = parse_seeds(seeds, seed)

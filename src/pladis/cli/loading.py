@@ -297,6 +297,8 @@ def load_preset_pipeline(preset, *, device: str = "auto", dtype: str | None = No
             pipe = _from_pretrained(
                 source, preset.model, config, dict(kwargs, **({"enable_pag": True} if pag else {})), pag
             )
+        if pag and preset.pag_layers:
+            _check_pag_layers(pipe, preset.pag_layers)
         _set_scheduler(pipe, preset.scheduler, dict(preset.scheduler_config))
         if preset.freeu is not None:
             if not hasattr(pipe, "enable_freeu"):
@@ -312,6 +314,27 @@ def load_preset_pipeline(preset, *, device: str = "auto", dtype: str | None = No
             pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+PAG_LAYERS_HINT = (
+    "PAG layers are regular expressions searched in the names of the denoiser's self-attention modules, "
+    "e.g. mid, up_blocks.0, down_blocks.2.attentions.1"
+)
+
+
+def _check_pag_layers(pipe, layers) -> None:
+    """Each PAG layer must match a self-attention module, as diffusers' PAG does at call time (checked here first)."""
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if denoiser is None:
+        return
+    selfs = [n for n, m in denoiser.named_modules() if getattr(m, "is_cross_attention", None) is False]
+    for layer in layers:
+        try:
+            hit = any(re.search(layer, name) for name in selfs)
+        except re.error:
+            hit = False
+        if not hit:
+            raise CLIError(f"--pag-layers: {layer!r} matches no self-attention module; {PAG_LAYERS_HINT}", 2)
 
 
 def _load_part(cls, what: str, name: str, args: tuple[str, dict[str, Any]], torch_dtype):
