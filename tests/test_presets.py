@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 import pladis
 from pladis import cli, presets
-from pladis.cli import loading
 from pladis.cli import generate as generate_command
+from pladis.cli import loading
 from pladis.cli.common import CLIError
 
 pytestmark = pytest.mark.usefixtures("eager_one_thread")
@@ -193,7 +193,7 @@ def test_pag_and_freeu_presets_on_tiny_models(sdxl_dir):
     assert pipe.pag_applied_layers == ["mid"] and call_kwargs["guidance_scale"] == 4.0
     pipe, call_kwargs = presets.load("sdxl-freeu", device="cpu", model=str(sdxl_dir))
     assert (pipe.unet.up_blocks[0].s1, pipe.unet.up_blocks[0].b2) == (0.6, 1.2)
-    with pytest.raises(CLIError, match="up_blocks.0|PAG layer"):
+    with pytest.raises(CLIError, match=r"no_such_block.*up_blocks\.0"):
         presets.load("sdxl-pag", device="cpu", model=str(sdxl_dir), pag_layers=("no_such_block",))
 
 
@@ -209,5 +209,5 @@ def test_seg_presets_need_the_seg_module_or_load_it(sdxl_dir, monkeypatch):
     presets.load("sdxl-seg", device="cpu", model=str(sdxl_dir))
     assert calls == [(3.0, 100.0, ["mid"])]
     monkeypatch.setitem(sys.modules, "pladis.seg", None)  # as if the module did not exist
-    with pytest.raises(CLIError, match="pladis.seg"):
+    with pytest.raises(CLIError, match=r"pladis\.seg"):
         presets.load("sdxl-seg", device="cpu", model=str(sdxl_dir))
