@@ -241,6 +241,14 @@ def check_preset(preset, *, control_image=None, depth_from=None) -> None:
         raise CLIError("--pag-layers needs --pag-scale (e.g. --pag-scale 3.0)", 2)
     if preset.timesteps is not None and preset.sigmas is not None:
         raise CLIError("give --timesteps-list or --sigmas, not both", 2)
+    for field, option in (("timesteps", "--timesteps-list"), ("sigmas", "--sigmas")):
+        if getattr(preset, field) is not None and preset.scheduler:
+            import diffusers
+
+            cls = getattr(diffusers, preset.scheduler, None)
+            if cls is not None and field not in inspect.signature(cls.set_timesteps).parameters:
+                raise CLIError(f"{option}: {preset.scheduler} does not take custom {field}; "
+                               "pick another --scheduler or drop the option", 2)  # fmt: skip
     if preset.true_cfg is not None and not preset.negative:
         raise CLIError("--true-cfg needs a negative prompt (--negative 'blurry, low quality')", 2)
     if preset.freeu is not None and preset.pipeline and "Flux" in preset.pipeline:
