@@ -154,8 +154,10 @@ def run_sweep(pipe, call_kwargs, prompt, scales, alphas, seeds, out: Path, setti
                 for alpha in alphas:
                     handle.alpha = alpha
                     for scale in scales:
-                        if scale == 0 and images.get((alphas[0], 0.0)) is not None:
+                        if scale == 0 and (alphas[0], 0.0) in images:  # the stock image: made for the first row
                             images[alpha, scale] = images[alphas[0], 0.0]
+                            index["images"].append({"seed": seed, "alpha": alpha, "scale": scale,
+                                                    "path": f"images/{image_name(seed, alpha, 0.0)}"})  # fmt: skip
                             continue
                         image_settings = {"prompt": prompt, "seed": seed, **settings, "scale": scale,
                                           "alpha": alpha if scale else None}  # fmt: skip
@@ -170,7 +172,7 @@ def run_sweep(pipe, call_kwargs, prompt, scales, alphas, seeds, out: Path, setti
                             progress.advance(task, steps)
                         images[alpha, scale] = image
                         index["images"].append({"seed": seed, "alpha": alpha, "scale": scale,
-                                                "path": str(path.relative_to(out))})  # fmt: skip
+                                                "path": path.relative_to(out).as_posix()})  # fmt: skip
                 rows = [[images[a, s] for s in scales] for a in alphas]
                 row_labels = [f"α={fmt(a)}" for a in alphas]
                 col_labels = [f"λ={fmt(s)}" + (" (stock)" if s == 0 else "") for s in scales]
