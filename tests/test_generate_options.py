@@ -234,3 +234,16 @@ def test_caption_shows_every_flag_that_changes_the_image(sd15_dir, tmp_path):
     for part in ("layers=up", "temperature=0.5", "timesteps=0.0,1000.0", "scheduler=EulerDiscrete-trailing",
                  "steps=2", "size=32x32", "seed=0", "alpha=1.5"):  # fmt: skip
         assert part in captions[0], (part, captions[0])
+
+
+def test_mp4_written_and_readable_when_imageio_ffmpeg_is_installed(tmp_path):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    from pladis.compare import save_video
+
+    frames = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(5)]
+    path = save_video(frames, tmp_path / "v.mp4", fps=8)
+    reader = imageio_ffmpeg.read_frames(str(path))
+    assert next(reader)["size"] == (32, 32)
+    decoded = [np.frombuffer(f, np.uint8).reshape(32, 32, 3) for f in reader]
+    assert len(decoded) == 5 and decoded[4][..., 0].mean() > decoded[0][..., 0].mean() + 100
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]  # no temporary file left behind
