@@ -119,3 +119,10 @@ def test_out_must_be_a_folder(model_dir, tmp_path):
     file.write_bytes(b"")
     result = sweep(model_dir, file)
     assert result.exit_code == 2 and "give a folder" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["generate", "sweep", "info"])
+def test_help_renders(command):
+    result = runner.invoke(cli.app, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "--help" in result.stdout

@@ -33,7 +33,9 @@ def sweep(
     size: Annotated[str | None, typer.Option(help="1024, or WIDTHxHEIGHT like 768x512.")] = None,
     scheduler: Annotated[str | None, typer.Option(help="keep, euler, euler-trailing, ddim, lcm or a class.")] = None,
     spacing: Annotated[str | None, typer.Option(help="trailing, leading or linspace.")] = None,
-    lora: Annotated[str | None, typer.Option(help="LoRA file, folder or Hub repo[/file]; fused.")] = None,
+    lora: Annotated[
+        str | None, typer.Option(help="LoRA file, folder, Hub repo or org/repo/file.safetensors; fused.")
+    ] = None,
     pag_scale: Annotated[float | None, typer.Option("--pag-scale", help="PAG scale.")] = None,
     seg_scale: Annotated[float | None, typer.Option("--seg-scale", help="SEG scale.")] = None,
     max_sequence_length: Annotated[int | None, typer.Option("--max-sequence-length")] = None,
