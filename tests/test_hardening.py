@@ -133,7 +133,7 @@ def test_generate_rejects_bad_paths_and_values_before_loading(args, expected, tm
     from pladis.cli import generate as generate_command
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(generate_command, "load_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
+    monkeypatch.setattr(generate_command, "load_preset_pipeline", lambda *a, **k: pytest.fail("loaded a model"))
     result = CliRunner().invoke(cli.app, ["generate", "--model", str(model_dir), "--prompt", "x", *args])
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
