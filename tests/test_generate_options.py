@@ -200,6 +200,29 @@ def test_control_image_conditions_a_controlnet_and_depth_needs_its_estimator(tmp
     assert "--control-image" in one_line_error(run(*base, "--out", tmp_path / "n.png"))
     line = one_line_error(run(*base, "--depth-from", control, "--out", tmp_path / "d.png"), code=1)
     assert "Intel/dpt-hybrid-midas" in line and "unreachable" in line
+    # with a (tiny) depth estimator on disk, --depth-from turns the photo into a depth map at the image size
+    from pladis import presets
+
+    dpt = tmp_path / "dpt"
+    _tiny_dpt(dpt)
+    _, call_kwargs = presets.load("sdxl-controlnet-depth", device="cpu", model=str(folder), vae=str(folder / "vae"),
+                                  controlnet=str(folder / "controlnet"), seg_scale=0.0, depth_estimator=str(dpt),
+                                  size=(64, 48), depth_from=control)  # fmt: skip
+    depth = np.asarray(call_kwargs["image"])
+    assert depth.shape == (48, 64, 3) and depth.min() == 0 and depth.max() == 255
+    assert call_kwargs["controlnet_conditioning_scale"] == 0.5
+
+
+def _tiny_dpt(folder):
+    import torch
+    from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor
+
+    torch.manual_seed(0)
+    config = DPTConfig(hidden_size=16, num_hidden_layers=4, num_attention_heads=2, intermediate_size=16, image_size=32,
+                       patch_size=8, neck_hidden_sizes=[8, 8, 8, 8], fusion_hidden_size=8,
+                       backbone_out_indices=[0, 1, 2, 3], reassemble_factors=[4, 2, 1, 0.5])  # fmt: skip
+    DPTForDepthEstimation(config).eval().save_pretrained(folder)
+    DPTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
 
 
 def test_video_pipeline_writes_a_video_and_a_frame_strip(tmp_path_factory, tmp_path):

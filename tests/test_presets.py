@@ -117,6 +117,8 @@ def test_dry_run_prints_json_without_loading_anything(monkeypatch):
     assert data["pladis"] == {"scale": 2.5, "alpha": 2.0, "layers": None, "timesteps": None, "temperature": 1.0}
     assert data["scheduler"]["timestep_spacing"] == "leading" and data["scheduler"]["timesteps"] != DMD2_TIMESTEPS
     assert data["guidance"] == 1.5
+    data = dry_run("--preset", "sdxl-dmd2", "--lora", "my/lora/file.safetensors")
+    assert data["lora"]["repo"] == "my/lora/file.safetensors" and data["lora"]["file"] is None
     data = dry_run("--preset", "sdxl-cfg", "--scheduler", "euler", "--timesteps-list", "999,500")
     assert data["scheduler"]["class"] == "EulerDiscreteScheduler" and data["scheduler"]["timesteps"] == [999.0, 500.0]
     assert data["steps"] == 2

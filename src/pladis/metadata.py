@@ -30,7 +30,7 @@ _A1111_NAMES = {
     "scale": "PLADIS scale",
     "alpha": "PLADIS alpha",
 }
-_NOT_IN_TEXT = {"prompt", "negative_prompt", "versions"}
+_NOT_IN_TEXT = {"prompt", "negative_prompt", "versions", "pladis_version"}
 
 
 def versions() -> dict[str, str]:

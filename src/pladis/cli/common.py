@@ -355,8 +355,8 @@ def build_preset(preset: str | None, model: str | None, **flags):
     if window is not None:
         fields["pladis_timesteps"] = parse_timesteps(window)
     lora = flags.pop("lora", None)
-    if lora is not None:
-        fields["lora_repo"], fields["lora_file"] = lora, None
+    if lora is not None:  # a LoRA of one's own: the preset's file name goes with its repo
+        base = _replace(base, lora_repo=lora, lora_file=None)
     fields.update({k: v for k, v in flags.items() if v is not None})
     try:
         resolved = presets.resolve(base, **fields)

@@ -528,8 +528,8 @@ def depth_map(photo, estimator: str, size: tuple[int, int], device: str = "cpu")
     with torch.no_grad():
         depth = model(pixel_values=pixels).predicted_depth[:, None].float()
     depth = torch.nn.functional.interpolate(depth, size=(size[1], size[0]), mode="bicubic", align_corners=False)
-    low, high = depth.amin(), depth.amax()
-    depth = ((depth - low) / (high - low).clamp_min(1e-8))[0, 0].clamp(0, 1).cpu().numpy()
+    low, span = depth.amin(), depth.amax() - depth.amin()
+    depth = ((depth - low) / span if span > 0 else torch.zeros_like(depth))[0, 0].clamp(0, 1).cpu().numpy()
     return Image.fromarray((np.stack([depth] * 3, axis=-1) * 255).round().astype(np.uint8))
 
 
