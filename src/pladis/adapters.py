@@ -339,16 +339,24 @@ def unknown_processor_message(name: str, processor: str, family: Family) -> str:
     )
 
 
-class InputsHook(ModelHook):
-    """On the denoiser: records the timestep (for the window) and the text length (FLUX single-stream blocks) of
-    each forward, in the calling thread; checks that a PLADIS forward gave finite values."""
+PER_CALL_KWARGS = ("cross_attention_kwargs", "joint_attention_kwargs", "attention_kwargs")  # where pipelines pass them
 
-    def __init__(self, settings: Settings, family: Family, model: torch.nn.Module, scheduler=None):
+
+class InputsHook(ModelHook):
+    """On the denoiser: takes a per-call `pladis_scale` out of its attention kwargs (so no attention module sees an
+    unexpected key) and applies it for this forward; records the timestep (for the window) and the text length (FLUX
+    single-stream blocks) of each forward, in the calling thread; checks that a PLADIS forward gave finite values.
+    `has_layers`: PLADIS is on some module of this model (else only the per-call key is taken out)."""
+
+    def __init__(
+        self, settings: Settings, family: Family, model: torch.nn.Module, scheduler=None, has_layers: bool = True
+    ):
         super().__init__()
-        self.settings, self.family, self.scheduler = settings, family, scheduler
+        self.settings, self.family, self.scheduler, self.has_layers = settings, family, scheduler, has_layers
         params = list(inspect.signature(getattr(model, "_orig_mod", model).forward).parameters)
         self.t_position = params.index("timestep") if "timestep" in params else None
         self.text_position = params.index("encoder_hidden_states") if "encoder_hidden_states" in params else None
+        self.kwargs_positions = {name: params.index(name) for name in PER_CALL_KWARGS if name in params}
         self.model = model
         self._checked_timesteps: Any = None
 
@@ -358,7 +366,37 @@ class InputsHook(ModelHook):
             return kwargs[name]
         return args[position] if position is not None and len(args) > position else None
 
-    def pre_forward(self, module, *args, **kwargs):
+    def _take_scale(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, float | None]:
+        """Remove `pladis_scale` from the attention kwargs (copies; the caller's dict is left alone)."""
+        scale = None
+        for name, position in self.kwargs_positions.items():
+            positional = name not in kwargs and len(args) > position
+            extra = args[position] if positional else kwargs.get(name)
+            if not isinstance(extra, dict) or "pladis_scale" not in extra:
+                continue
+            extra = dict(extra)
+            scale = check_scale(extra.pop("pladis_scale"))
+            if positional:
+                args = (*args[:position], extra or None, *args[position + 1 :])
+            else:
+                kwargs = {**kwargs, name: extra or None}
+        return args, kwargs, scale
+
+    def new_forward(self, module, *args, **kwargs):
+        args, kwargs, scale = self._take_scale(args, kwargs)
+        call = self.settings.call
+        before = call.scale
+        if scale is not None:
+            call.scale = scale
+        try:
+            self._record_inputs(args, kwargs)
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            self._check_finite(output)
+            return output
+        finally:
+            call.scale = before
+
+    def _record_inputs(self, args: tuple, kwargs: dict) -> None:
         s, call = self.settings, self.settings.call
         if s.timesteps is not None:  # read only for a window: on a GPU this is a sync
             self._check_window()
@@ -368,7 +406,6 @@ class InputsHook(ModelHook):
                 call.timestep = self.family.scheduler_units(self.model, value)
         text = self._argument(args, kwargs, "encoder_hidden_states", self.text_position)
         call.text_length = int(text.shape[1]) if torch.is_tensor(text) and text.dim() == 3 else None
-        return args, kwargs
 
     def _check_window(self) -> None:
         """Once per run (a new scheduler timesteps tensor): the window must select at least one of its steps."""
@@ -385,17 +422,17 @@ class InputsHook(ModelHook):
                 "widen the window"
             )
 
-    def post_forward(self, module, output):
+    def _check_finite(self, output) -> None:
         s = self.settings
-        if s.check_finite and not torch.compiler.is_compiling() and s.effective_scale > 0:
-            sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-            if torch.is_tensor(sample) and sample.is_floating_point() and not bool(torch.isfinite(sample).all()):
-                raise FloatingPointError(
-                    f"pladis: the denoiser returned NaN/inf with PLADIS on (scale={s.effective_scale:g}, "
-                    f"alpha={s.alpha:g}, temperature={s.temperature:g}); lower the scale, raise the temperature, "
-                    "or run in float32/bfloat16 (pass check_finite=False to pladis.apply to skip this check)"
-                )
-        return output
+        if not self.has_layers or not s.check_finite or torch.compiler.is_compiling() or s.effective_scale <= 0:
+            return
+        sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        if torch.is_tensor(sample) and sample.is_floating_point() and not bool(torch.isfinite(sample).all()):
+            raise FloatingPointError(
+                f"pladis: the denoiser returned NaN/inf with PLADIS on (scale={s.effective_scale:g}, "
+                f"alpha={s.alpha:g}, temperature={s.temperature:g}); lower the scale, raise the temperature, "
+                "or run in float32/bfloat16 (pass check_finite=False to pladis.apply to skip this check)"
+            )
 
 
 # --------------------------------------------------------------------------- install and find
