@@ -24,7 +24,7 @@ import typer
 from pladis import __version__
 from pladis.study.cli import study_app
 
-from . import demo, generate
+from . import demo, generate, maps
 
 app = typer.Typer(
     name="pladis",
@@ -57,6 +57,7 @@ def main() -> None:
 
 
 app.command("generate")(generate.generate)
+app.command("maps")(maps.maps)
 app.command("demo")(demo.demo)
 app.command("train-demo")(demo.train_demo)
 app.command("bench-alignment")(demo.bench_alignment)
