@@ -353,12 +353,15 @@ class AttentionHook(ModelHook):
         text_of, heads = self.attend.text_of(args, kwargs), int(getattr(module, "heads", 1))
         settings, name = self.settings, self.attend.name
 
-        def record_sdpa(*sdpa_args, **sdpa_kwargs):
-            query, key, value = sdpa_args[:3]
-            key, _ = _expand_gqa(query, key, value, sdpa_kwargs.get("enable_gqa", False))
-            mask = sdpa_kwargs.get("attn_mask", sdpa_args[3] if len(sdpa_args) > 3 else None)
-            _record(settings, name, _stock_weights, query, key, mask, sdpa_kwargs.get("scale"), text_of(key.shape[-2]))
-            return F.scaled_dot_product_attention(*sdpa_args, **sdpa_kwargs)
+        def record_sdpa(
+            query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+        ):
+            keys, _ = _expand_gqa(query, key, value, enable_gqa)
+            _record(settings, name, _stock_weights, query, keys, attn_mask, scale, text_of(keys.shape[-2]))
+            extra = {"enable_gqa": enable_gqa} if enable_gqa else {}
+            return F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **extra
+            )
 
         def record_softmax(weights: torch.Tensor) -> None:  # the classic processor's (batch * heads, Lq, Lk) map
             assert settings.recorder is not None
