@@ -8,7 +8,8 @@ The maths (`entmax`, `pladis_attention`) know nothing of diffusers; `pladis.adap
 model; `pladis.api` is the switch.
 """
 
-from .api import Pladis, apply, is_applied, remove, set_scale
+from . import maps, seg
+from .api import Pladis, apply, is_applied, per_call_scale, remove, set_scale
 from .attention import pladis_attention, pladis_weights
 from .entmax import entmax, entmax15, sparsemax
 from .kernels import get_backend, register_backend, set_backend
@@ -22,10 +23,13 @@ __all__ = [
     "entmax15",
     "get_backend",
     "is_applied",
+    "maps",
+    "per_call_scale",
     "pladis_attention",
     "pladis_weights",
     "register_backend",
     "remove",
+    "seg",
     "set_backend",
     "set_scale",
     "sparsemax",

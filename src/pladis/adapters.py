@@ -59,9 +59,10 @@ class Settings:
     temperature: float = 1.0
     timesteps: tuple[float, float] | None = None  # window in scheduler units (0..1000)
     check_finite: bool = True
-    # recorder(module_name, weights, scores): when set, each PLADIS attention builds its full map (..., Lq, Lk) from
-    # its masked fp32 scores, hands both over and attends with that map (slower; see `record_attention`)
-    recorder: Callable[[str, torch.Tensor, torch.Tensor], None] | None = None
+    # recorder(module_name, weights, scores, text): when set, each hooked attention (PLADIS on or off) also builds
+    # its full map (..., Lq, Lk) from its masked fp32 scores on the side and hands it over with the scores and the
+    # key positions of the text; the attention itself is computed as without recording (see `record_attention`)
+    recorder: Callable[[str, torch.Tensor, torch.Tensor, slice], None] | None = None
     call: _CallState = field(default_factory=_CallState, repr=False, compare=False)
 
     @property
@@ -100,8 +101,12 @@ class Attend(Protocol):
     (args and kwargs as the forward got them); `weights` the map of masked fp32 scores (recording, explicit maps)."""
 
     sdpa_call: int
+    settings: Settings
+    name: str
 
     def bind(self, args: tuple, kwargs: dict) -> tuple[SDPA, Callable[[torch.Tensor], torch.Tensor]]: ...
+
+    def text_of(self, args: tuple, kwargs: dict) -> Callable[[int], slice]: ...
 
 
 def _expand_gqa(query, key, value, enable_gqa):
@@ -118,15 +123,21 @@ def _check_not_causal(name: str, is_causal: bool) -> None:
         )
 
 
-def _recorded(settings: Settings, name: str, weights_of: Callable, query, key, value, attn_mask, scale):
-    """Recorder route: build the full map from the (masked) scores, hand it to the recorder, attend with it."""
-    dtype = compute_dtype(query.dtype)
-    softmax_scale = scale if scale is not None else query.shape[-1] ** -0.5
-    scores = _apply_mask(torch.matmul(query.to(dtype), key.to(dtype).transpose(-1, -2)) * softmax_scale, attn_mask)
-    weights = weights_of(scores)
-    assert settings.recorder is not None
-    settings.recorder(name, weights, scores)
-    return torch.matmul(weights.to(value.dtype), value)
+def _record(settings: Settings, name: str, weights_of: Callable, query, key, attn_mask, scale, text: slice) -> None:
+    """Recording, on the side: the full map from the (masked) fp32 scores, handed to the recorder."""
+    recorder = settings.recorder
+    if recorder is None:
+        return
+    with torch.no_grad():
+        dtype = compute_dtype(query.dtype)
+        softmax_scale = scale if scale is not None else query.shape[-1] ** -0.5
+        scores = torch.matmul(query.to(dtype), key.to(dtype).transpose(-1, -2)) * softmax_scale
+        scores = _apply_mask(scores, attn_mask)
+        recorder(name, weights_of(scores), scores, text)
+
+
+def _stock_weights(scores: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(scores, dim=-1)
 
 
 @dataclass
@@ -145,8 +156,7 @@ class CrossAttend:
         _check_not_causal(self.name, is_causal)
         key, value = _expand_gqa(query, key, value, enable_gqa)
         s = self.settings
-        if s.recorder is not None:
-            return _recorded(s, self.name, self.weights, query, key, value, attn_mask, scale)
+        _record(s, self.name, self.weights, query, key, attn_mask, scale, slice(0, key.shape[-2]))
         return pladis_attention(
             query, key, value, scale=s.effective_scale, alpha=s.alpha, attn_mask=attn_mask, softmax_scale=scale,
             temperature=s.temperature,
@@ -154,6 +164,9 @@ class CrossAttend:
 
     def bind(self, args: tuple, kwargs: dict):
         return self, self.weights
+
+    def text_of(self, args: tuple, kwargs: dict) -> Callable[[int], slice]:
+        return lambda length: slice(0, length)
 
 
 def forward_text_length(args: tuple, kwargs: dict) -> int | None:
@@ -184,11 +197,13 @@ class JointAttend:
             )
         return self.settings.call.text_length
 
-    def bind(self, args: tuple, kwargs: dict):
-        n_text, s = self._text_length(args, kwargs), self.settings
+    def text_of(self, args: tuple, kwargs: dict) -> Callable[[int], slice]:
+        """Key positions of the text in a sequence of `length` (first or last)."""
+        n_text = self._text_length(args, kwargs)
+        return lambda length: slice(0, n_text) if self.text_first else slice(length - n_text, length)
 
-        def text_of(length: int) -> slice:
-            return slice(0, n_text) if self.text_first else slice(length - n_text, length)
+    def bind(self, args: tuple, kwargs: dict):
+        s, text_of = self.settings, self.text_of(args, kwargs)
 
         def weights(scores: torch.Tensor) -> torch.Tensor:
             text = text_of(scores.shape[-1])
@@ -197,8 +212,7 @@ class JointAttend:
         def attend(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
             _check_not_causal(self.name, is_causal)
             key, value = _expand_gqa(query, key, value, enable_gqa)
-            if s.recorder is not None:
-                return _recorded(s, self.name, weights, query, key, value, attn_mask, scale)
+            _record(s, self.name, weights, query, key, attn_mask, scale, text_of(key.shape[-2]))
             return pladis_joint_attention(
                 query, key, value, text=text_of(key.shape[-2]), scale=s.effective_scale, alpha=s.alpha,
                 attn_mask=attn_mask, softmax_scale=scale, temperature=s.temperature,
@@ -307,7 +321,9 @@ class AttentionHook(ModelHook):
     def _forward(self, module, args: tuple, kwargs: dict):
         original = self.fn_ref.original_forward
         if not self.settings.active:
-            return original(*args, **kwargs)
+            if self.settings.recorder is None:
+                return original(*args, **kwargs)
+            return self._record_stock(module, args, kwargs)
         processor = type(module.processor).__name__
         if self.family.processors and processor not in self.family.processors:
             raise ValueError(unknown_processor_message(self.attend.name, processor, self.family))
@@ -326,6 +342,59 @@ class AttentionHook(ModelHook):
             )
         return out
 
+    def _record_stock(self, module, args: tuple, kwargs: dict):
+        """The untouched forward, its text attention's (stock) map recorded on the side."""
+        processor = type(module.processor).__name__
+        if processor in MAP_PROCESSORS:
+            raise RuntimeError(
+                f"pladis: '{self.attend.name}' uses {processor} (attention slicing), whose maps pladis does not "
+                "record; call pipe.disable_attention_slicing() before recording attention maps"
+            )
+        text_of, heads = self.attend.text_of(args, kwargs), int(getattr(module, "heads", 1))
+        settings, name = self.settings, self.attend.name
+
+        def record_sdpa(
+            query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
+        ):
+            keys, _ = _expand_gqa(query, key, value, enable_gqa)
+            _record(settings, name, _stock_weights, query, keys, attn_mask, scale, text_of(keys.shape[-2]))
+            extra = {"enable_gqa": enable_gqa} if enable_gqa else {}
+            return F.scaled_dot_product_attention(
+                query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **extra
+            )
+
+        def record_softmax(weights: torch.Tensor) -> None:  # the classic processor's (batch * heads, Lq, Lk) map
+            assert settings.recorder is not None
+            mapped = weights.reshape(-1, heads, *weights.shape[-2:])
+            settings.recorder(name, mapped.float(), mapped.float().log(), text_of(weights.shape[-1]))
+
+        recorder = StockRecorder(record_sdpa, record_softmax, self.attend.sdpa_call)
+        with recorder:
+            return self.fn_ref.original_forward(*args, **kwargs)
+
+
+class StockRecorder(TorchFunctionMode):
+    """Lets the processor run as it is, recording its text attention: the `call`-th SDPA call or softmax."""
+
+    def __init__(self, sdpa: Callable, softmax: Callable[[torch.Tensor], None], call: int = 0):
+        super().__init__()
+        self.sdpa, self.softmax, self.call = sdpa, softmax, call
+        self.calls = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            self.calls += 1
+            if self.calls == self.call + 1:
+                return self.sdpa(*args, **kwargs)
+        elif func in _SOFTMAX and kwargs.get("dim", args[1] if len(args) > 1 else None) in (-1, args[0].dim() - 1):
+            self.calls += 1
+            out = func(*args, **kwargs)
+            if self.calls == self.call + 1:
+                self.softmax(out.detach())
+            return out
+        return func(*args, **kwargs)
+
 
 def _native_kwargs(kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in ("encoder_hidden_states", "attention_mask", "temb")}
@@ -339,16 +408,24 @@ def unknown_processor_message(name: str, processor: str, family: Family) -> str:
     )
 
 
-class InputsHook(ModelHook):
-    """On the denoiser: records the timestep (for the window) and the text length (FLUX single-stream blocks) of
-    each forward, in the calling thread; checks that a PLADIS forward gave finite values."""
+PER_CALL_KWARGS = ("cross_attention_kwargs", "joint_attention_kwargs", "attention_kwargs")  # where pipelines pass them
 
-    def __init__(self, settings: Settings, family: Family, model: torch.nn.Module, scheduler=None):
+
+class InputsHook(ModelHook):
+    """On the denoiser: takes a per-call `pladis_scale` out of its attention kwargs (so no attention module sees an
+    unexpected key) and applies it for this forward; records the timestep (for the window) and the text length (FLUX
+    single-stream blocks) of each forward, in the calling thread; checks that a PLADIS forward gave finite values.
+    `has_layers`: PLADIS is on some module of this model (else only the per-call key is taken out)."""
+
+    def __init__(
+        self, settings: Settings, family: Family, model: torch.nn.Module, scheduler=None, has_layers: bool = True
+    ):
         super().__init__()
-        self.settings, self.family, self.scheduler = settings, family, scheduler
+        self.settings, self.family, self.scheduler, self.has_layers = settings, family, scheduler, has_layers
         params = list(inspect.signature(getattr(model, "_orig_mod", model).forward).parameters)
         self.t_position = params.index("timestep") if "timestep" in params else None
         self.text_position = params.index("encoder_hidden_states") if "encoder_hidden_states" in params else None
+        self.kwargs_positions = {name: params.index(name) for name in PER_CALL_KWARGS if name in params}
         self.model = model
         self._checked_timesteps: Any = None
 
@@ -358,7 +435,37 @@ class InputsHook(ModelHook):
             return kwargs[name]
         return args[position] if position is not None and len(args) > position else None
 
-    def pre_forward(self, module, *args, **kwargs):
+    def _take_scale(self, args: tuple, kwargs: dict) -> tuple[tuple, dict, float | None]:
+        """Remove `pladis_scale` from the attention kwargs (copies; the caller's dict is left alone)."""
+        scale = None
+        for name, position in self.kwargs_positions.items():
+            positional = name not in kwargs and len(args) > position
+            extra = args[position] if positional else kwargs.get(name)
+            if not isinstance(extra, dict) or "pladis_scale" not in extra:
+                continue
+            extra = dict(extra)
+            scale = check_scale(extra.pop("pladis_scale"))
+            if positional:
+                args = (*args[:position], extra or None, *args[position + 1 :])
+            else:
+                kwargs = {**kwargs, name: extra or None}
+        return args, kwargs, scale
+
+    def new_forward(self, module, *args, **kwargs):
+        args, kwargs, scale = self._take_scale(args, kwargs)
+        call = self.settings.call
+        before = call.scale
+        if scale is not None:
+            call.scale = scale
+        try:
+            self._record_inputs(args, kwargs)
+            output = self.fn_ref.original_forward(*args, **kwargs)
+            self._check_finite(output)
+            return output
+        finally:
+            call.scale = before
+
+    def _record_inputs(self, args: tuple, kwargs: dict) -> None:
         s, call = self.settings, self.settings.call
         if s.timesteps is not None:  # read only for a window: on a GPU this is a sync
             self._check_window()
@@ -368,7 +475,6 @@ class InputsHook(ModelHook):
                 call.timestep = self.family.scheduler_units(self.model, value)
         text = self._argument(args, kwargs, "encoder_hidden_states", self.text_position)
         call.text_length = int(text.shape[1]) if torch.is_tensor(text) and text.dim() == 3 else None
-        return args, kwargs
 
     def _check_window(self) -> None:
         """Once per run (a new scheduler timesteps tensor): the window must select at least one of its steps."""
@@ -385,17 +491,17 @@ class InputsHook(ModelHook):
                 "widen the window"
             )
 
-    def post_forward(self, module, output):
+    def _check_finite(self, output) -> None:
         s = self.settings
-        if s.check_finite and not torch.compiler.is_compiling() and s.effective_scale > 0:
-            sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
-            if torch.is_tensor(sample) and sample.is_floating_point() and not bool(torch.isfinite(sample).all()):
-                raise FloatingPointError(
-                    f"pladis: the denoiser returned NaN/inf with PLADIS on (scale={s.effective_scale:g}, "
-                    f"alpha={s.alpha:g}, temperature={s.temperature:g}); lower the scale, raise the temperature, "
-                    "or run in float32/bfloat16 (pass check_finite=False to pladis.apply to skip this check)"
-                )
-        return output
+        if not self.has_layers or not s.check_finite or torch.compiler.is_compiling() or s.effective_scale <= 0:
+            return
+        sample = output[0] if isinstance(output, tuple) else getattr(output, "sample", output)
+        if torch.is_tensor(sample) and sample.is_floating_point() and not bool(torch.isfinite(sample).all()):
+            raise FloatingPointError(
+                f"pladis: the denoiser returned NaN/inf with PLADIS on (scale={s.effective_scale:g}, "
+                f"alpha={s.alpha:g}, temperature={s.temperature:g}); lower the scale, raise the temperature, "
+                "or run in float32/bfloat16 (pass check_finite=False to pladis.apply to skip this check)"
+            )
 
 
 # --------------------------------------------------------------------------- install and find
@@ -444,21 +550,22 @@ def check_backend(name: str, module: torch.nn.Module) -> None:
 
 @contextlib.contextmanager
 def record_attention(handle, with_scores: bool = False) -> Iterator[dict[str, list]]:
-    """Record the PLADIS attention maps of an applied pipeline/model: {module name: [map per call]}.
+    """Record every full attention map of an applied pipeline/model: {module name: [map per call]} (a test tool:
+    it keeps every map; `pladis.maps.record_maps` keeps running sums of the text columns instead).
 
         with record_attention(pladis.apply(pipe)) as maps:
             pipe(prompt)
         maps["transformer.transformer_blocks.0.attn"][0]   # (batch, heads, queries, keys), float32
 
     with_scores: record (map, scores) pairs instead, the scores being the masked fp32 logits the map came from
-    (softmax(scores) is the stock map). While recording, each PLADIS attention builds its full map and attends with
-    it (slower, same result up to round-off). `handle` is what `pladis.apply` returned (or its `Settings`).
+    (softmax(scores) is the stock map). The maps are built on the side: the outputs are those of an unrecorded run,
+    bit for bit (at scale 0 the stock maps are recorded). `handle` is what `pladis.apply` returned (or its `Settings`).
     """
     settings = getattr(handle, "settings", handle)
     maps: dict[str, list] = {}
     before = settings.recorder
 
-    def record(name, weights, scores):
+    def record(name, weights, scores, text):
         entry = weights.detach().cpu()
         maps.setdefault(name, []).append((entry, scores.detach().cpu()) if with_scores else entry)
 

@@ -8,9 +8,11 @@ pladis.remove(pipe)                                 # every hook PLADIS put in g
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import functools
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 
@@ -154,12 +156,9 @@ class Pladis:
     def __call__(self, *args, pladis_scale: float | None = None, **kwargs):
         if pladis_scale is None:
             return self.target(*args, **kwargs)
-        call = self._live_settings().call
-        before, call.scale = call.scale, check_scale(pladis_scale)
-        try:
+        self._live_settings()
+        with per_call_scale(self.target, pladis_scale):
             return self.target(*args, **kwargs)
-        finally:
-            call.scale = before
 
     def __repr__(self) -> str:
         s = self.settings
@@ -216,16 +215,71 @@ def apply(
     chosen = _select([(q, n, f) for q, n, _, _, _, f in found], chosen_layers)
     remove(target)
     scheduler = getattr(target, "scheduler", None)
+    with_layers = {component for qualified, _, component, *_ in found if qualified in chosen}
     hooked = set()
     for qualified, _, component, module, rule, family in found:
-        if qualified not in chosen:
-            continue
-        install(module, AttentionHook(make_attend(rule, settings, qualified), family))
-        if component not in hooked:
+        if component not in hooked:  # every model with cross-attention: it also takes a per-call pladis_scale out
             hooked.add(component)
             model = models[component]
-            install(model, InputsHook(settings, family, model, scheduler))
+            install(model, InputsHook(settings, family, model, scheduler, has_layers=component in with_layers))
+        if qualified in chosen:
+            install(module, AttentionHook(make_attend(rule, settings, qualified), family))
+    if not isinstance(target, torch.nn.Module):
+        target.__class__ = _per_call_class(type(target))
     return Pladis(target, settings)
+
+
+# --------------------------------------------------------------------------- pipe(prompt, pladis_scale=...)
+
+_PER_CALL_CLASSES: dict[type, type] = {}
+
+
+@contextlib.contextmanager
+def per_call_scale(target, scale: float) -> Iterator[None]:
+    """Run PLADIS at `scale` inside this block, in this thread only (the handle's own scale is kept)."""
+    scale = check_scale(scale)
+    hooks = _hooks(target)
+    if not hooks:
+        raise ValueError(
+            "pladis_scale was given but PLADIS is not applied to this pipeline; call pladis.apply(pipe) first"
+        )
+    calls = list({id(h.settings): h.settings.call for _, h in hooks}.values())
+    before = [call.scale for call in calls]
+    for call in calls:
+        call.scale = scale
+    try:
+        yield
+    finally:
+        for call, value in zip(calls, before):
+            call.scale = value
+
+
+def _per_call_class(cls: type) -> type:
+    """`cls` with a `__call__` that takes `pladis_scale=`; same name, qualname and module, so diffusers' config
+    (`_class_name`), save_pretrained and from_pipe see the pipeline's own class. `remove` puts `cls` back."""
+    if getattr(cls, "_pladis_base", None) is not None:
+        return cls
+    sub = _PER_CALL_CLASSES.get(cls)
+    if sub is None:
+        pipeline_call = cls.__call__
+
+        @functools.wraps(pipeline_call)
+        def __call__(self, *args, pladis_scale: float | None = None, **kwargs):
+            if pladis_scale is None:
+                return pipeline_call(self, *args, **kwargs)
+            with per_call_scale(self, pladis_scale):
+                return pipeline_call(self, *args, **kwargs)
+
+        namespace = {"__call__": __call__, "__module__": cls.__module__, "__qualname__": cls.__qualname__}
+        namespace.update(__doc__=cls.__doc__, _pladis_base=cls)
+        sub = _PER_CALL_CLASSES[cls] = type(cls)(cls.__name__, (cls,), namespace)
+    return sub
+
+
+def _restore_class(target) -> None:
+    base = getattr(type(target), "_pladis_base", None)
+    if base is not None and not isinstance(target, torch.nn.Module):
+        target.__class__ = base
 
 
 def _check_unknown_joint(model: torch.nn.Module, has_cross: bool) -> None:
@@ -254,6 +308,7 @@ def remove(target) -> int:
             count += uninstall(module)
         if isinstance(hook_of(model), InputsHook):
             uninstall(model)
+    _restore_class(target)
     return count
 
 

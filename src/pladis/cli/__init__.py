@@ -24,7 +24,7 @@ import typer
 from pladis import __version__
 from pladis.study.cli import study_app
 
-from . import demo, generate, info, sweep
+from . import demo, generate, info, maps, sweep
 
 app = typer.Typer(
     name="pladis",
@@ -58,6 +58,7 @@ def main() -> None:
 
 app.command("generate")(generate.generate)
 app.command("sweep")(sweep.sweep)
+app.command("maps")(maps.maps)
 app.command("info")(info.info)
 app.command("demo")(demo.demo)
 app.command("train-demo")(demo.train_demo)
