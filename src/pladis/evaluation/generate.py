@@ -130,7 +130,7 @@ def generate_run(opts: GenerateOptions, *, show_progress: bool = True, echo=prin
     import pladis
 
     configs = check_options(opts)
-    state = PartialState()
+    state = PartialState(cpu=opts.device == "cpu")
     per_prompt = opts.per_prompt or default_per_prompt(opts.prompts)
     try:
         old_spec = runlib.read_spec(opts.out)

@@ -85,7 +85,7 @@ def score_run(opts: ScoreOptions, *, show_progress: bool = True, echo=print) -> 
 
     from .progress import eval_progress
 
-    state = PartialState()
+    state = PartialState(cpu=opts.device == "cpu")
     samples = runlib.list_samples(opts.run)
     if not samples:
         raise runlib.RunError(f"{opts.run}: no finished images to score; run `pladis eval generate` first")
