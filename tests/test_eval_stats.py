@@ -84,7 +84,9 @@ def test_bootstrap_known_answers():
     d = stats.paired_delta(base, other, {k: k[0] for k in base}, n_boot=4000, seed=3)
     half = 1.96 * diffs.std(ddof=1) / np.sqrt(400)
     assert d.mean == pytest.approx(diffs.mean())
-    assert d.low == pytest.approx(diffs.mean() - half, abs=0.015) and d.high == pytest.approx(diffs.mean() + half, abs=0.015)
+    assert d.low == pytest.approx(diffs.mean() - half, abs=0.015) and d.high == pytest.approx(
+        diffs.mean() + half, abs=0.015
+    )
     # centred noise: the interval contains 0 -> not significant; seeded: the same interval twice
     noise = {(f"p{i}", 0): float(x) for i, x in enumerate(diffs - diffs.mean())}
     n1 = stats.paired_delta(base, noise, {k: k[0] for k in base}, seed=5)

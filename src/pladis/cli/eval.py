@@ -49,7 +49,9 @@ def generate(
     per_prompt: Annotated[
         int | None, typer.Option(help="Images per prompt (default as in the paper: 5, or 1 for COCO/demo/files).")
     ] = None,
-    limit: Annotated[int | None, typer.Option(help="Use only the first N prompts (demo: the number of prompts).")] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Use only the first N prompts (demo: the number of prompts).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Base seed; image j of prompt i uses seed + i*per_prompt + j.")] = 0,
     steps: Annotated[int | None, typer.Option(help="Denoising steps (default: the pipeline's; demo: 20).")] = None,
     guidance: Annotated[float | None, typer.Option(help="CFG scale (default: the pipeline's; demo: 4).")] = None,
@@ -109,7 +111,9 @@ def score(
     clip_model: Annotated[
         str | None, typer.Option(help="CLIP for CLIPScore (default openai/clip-vit-large-patch14).")
     ] = None,
-    pick_model: Annotated[str | None, typer.Option(help="PickScore model (default yuvalkirstain/PickScore_v1).")] = None,
+    pick_model: Annotated[
+        str | None, typer.Option(help="PickScore model (default yuvalkirstain/PickScore_v1).")
+    ] = None,
     pick_processor: Annotated[
         str | None, typer.Option(help="PickScore processor (default laion/CLIP-ViT-H-14-laion2B-s32B-b79K).")
     ] = None,
@@ -122,7 +126,9 @@ def score(
     hps_checkpoint: Annotated[
         str | None, typer.Option(help="HPS_v2.1_compressed.pt (default: xswu/HPSv2 from the Hub).")
     ] = None,
-    fid_ref: Annotated[Path | None, typer.Option(help="Folder of reference images for FID (e.g. COCO val2014).")] = None,
+    fid_ref: Annotated[
+        Path | None, typer.Option(help="Folder of reference images for FID (e.g. COCO val2014).")
+    ] = None,
     fid_weights: Annotated[
         str | None, typer.Option(help="Inception weights file for FID (pt_inception-2015-12-05-6726825d.pth).")
     ] = None,
@@ -168,7 +174,9 @@ def score(
 
 @eval_app.command("report")
 def report(
-    runs: Annotated[list[Path], typer.Argument(help="One or more run folders (configs are paired by prompt and seed).")],
+    runs: Annotated[
+        list[Path], typer.Argument(help="One or more run folders (configs are paired by prompt and seed).")
+    ],
     baseline: Annotated[str, typer.Option(help="The config the others are compared with.")] = "baseline",
     out: Annotated[
         Path | None, typer.Option("--out", "-o", help="Folder for report.md/.json/.png (default: RUN/report).")

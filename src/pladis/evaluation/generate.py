@@ -124,7 +124,6 @@ def _call_kwargs(pipe, steps, guidance, size) -> tuple[dict[str, Any], int | Non
 
 def generate_run(opts: GenerateOptions, *, show_progress: bool = True, echo=print) -> dict:
     """Generate (or finish) the run in ``opts.out``; returns the manifest (on the main process; counts elsewhere)."""
-    import torch
     from accelerate import PartialState
 
     import pladis
@@ -194,6 +193,43 @@ def generate_run(opts: GenerateOptions, *, show_progress: bool = True, echo=prin
     }
     written = 0
     t0 = time.time()
+    backend = pladis.get_backend()
+    if backend == "auto" and pipe.device.type == "cpu":
+        # torch.compile's recompiles for a new batch shape can move the last bits of an image; eager keeps every
+        # image the same whichever process or resumed run makes it
+        pladis.set_backend("eager")
+    sidecar_base["pladis_backend"] = pladis.get_backend()
+    try:
+        written = _generate_batches(
+            opts, state, pipe, pending, batches, configs, call_kwargs, sidecar_base, show_progress
+        )
+    finally:
+        pladis.set_backend(backend)
+    state.wait_for_everyone()
+    manifest: dict = {}
+    if state.is_main_process:
+        manifest = runlib.write_manifest(opts.out, spec, all_samples)
+        echo(
+            f"{opts.out}: {manifest['done']}/{manifest['total']} images done "
+            f"({len(prompts)} prompts x {per_prompt} x {len(spec['configs'])} configs; "
+            f"{written} written by this process in {time.time() - t0:.1f}s)"
+        )
+    state.wait_for_everyone()
+    return manifest
+
+
+def eval_progress_for(state, show: bool):
+    from .progress import eval_progress
+
+    return eval_progress("img", disable=not (show and state.is_local_main_process))
+
+
+def _generate_batches(opts, state, pipe, pending, batches, configs, call_kwargs, sidecar_base, show_progress) -> int:
+    import torch
+
+    import pladis
+
+    written = 0
     with state.split_between_processes(pending) as mine:
         todo = sum(len(batches[bi]) for _, bi in mine)
         current: int | None = None
@@ -232,20 +268,4 @@ def generate_run(opts: GenerateOptions, *, show_progress: bool = True, echo=prin
                     written += 1
                 progress.advance(task, len(batch))
             pladis.remove(pipe)
-    state.wait_for_everyone()
-    manifest: dict = {}
-    if state.is_main_process:
-        manifest = runlib.write_manifest(opts.out, spec, all_samples)
-        echo(
-            f"{opts.out}: {manifest['done']}/{manifest['total']} images done "
-            f"({len(prompts)} prompts x {per_prompt} x {len(spec['configs'])} configs; "
-            f"{written} written by rank 0 in {time.time() - t0:.1f}s)"
-        )
-    state.wait_for_everyone()
-    return manifest
-
-
-def eval_progress_for(state, show: bool):
-    from .progress import eval_progress
-
-    return eval_progress("img", disable=not (show and state.is_local_main_process))
+    return written

@@ -62,7 +62,9 @@ def collect(runs: list[Path]) -> Collected:
         for n in names:
             counts[n] += 1
     for run, samples, _names in per_run:
-        rename = {s["config"]: (s["config"] if counts[s["config"]] == 1 else f"{run.name}/{s['config']}") for s in samples}
+        rename = {
+            s["config"]: (s["config"] if counts[s["config"]] == 1 else f"{run.name}/{s['config']}") for s in samples
+        }
         for s in samples:
             name = rename[s["config"]]
             if name not in col.config_info:
@@ -76,12 +78,12 @@ def collect(runs: list[Path]) -> Collected:
         for metric in PER_IMAGE:
             entries = read_cache(run, metric)
             for cache_key, entry in entries.items():
-                s = by_id.get(cache_key)
-                if s is None or entry.get("sha256") != s["sha256"] or entry.get("value") is None:
+                found = by_id.get(cache_key)
+                if found is None or entry.get("sha256") != found["sha256"] or entry.get("value") is None:
                     continue
-                key = (s["prompt"], int(s["seed"]))
+                key = (found["prompt"], int(found["seed"]))
                 value = entry["value"]
-                name = rename[s["config"]]
+                name = rename[found["config"]]
                 if isinstance(value, dict):  # the checker: one verdict per category
                     for cat, v in value.items():
                         if v is not None:
@@ -113,7 +115,9 @@ def row_label(name: str, info: dict, baseline: str) -> str:
         return name
     params = info.get("pladis")
     if isinstance(params, dict):
-        inner = ", ".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else f'{v:g}'}" for k, v in params.items())
+        inner = ", ".join(
+            f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else f'{v:g}'}" for k, v in params.items()
+        )
         return f"+ PLADIS ({inner})"
     return f"+ {name}"
 
@@ -153,7 +157,9 @@ def analyse(col: Collected, baseline: str, n_boot: int = stats.N_BOOT, seed: int
         for name in col.configs:
             per_cat["configs"][name] = {}
             for metric in metrics:
-                values = {k: v for k, v in col.values.get(metric, {}).get(name, {}).items() if col.prompt_of[k] in prompts}
+                values = {
+                    k: v for k, v in col.values.get(metric, {}).get(name, {}).items() if col.prompt_of[k] in prompts
+                }
                 if not values:
                     continue
                 cell = stats.estimate(values, col.prompt_of, n_boot, seed).as_dict()
@@ -188,7 +194,9 @@ def _delta_cell(entry: dict | None, digits: int) -> str:
     if not delta:
         return "–"
     lo, hi = delta["ci95"]
-    return f"{delta['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" + ("" if delta["significant"] else " n.s.")
+    return f"{delta['mean']:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" + (
+        "" if delta["significant"] else " n.s."
+    )
 
 
 def _table(result: dict, metrics: list[str]) -> list[str]:
@@ -222,10 +230,10 @@ def markdown(result: dict, runs: list[Path]) -> str:
         "",
     ]
     if main:
-        lines += _table(result, main) + [""]
+        lines += [*_table(result, main), ""]
     if checker:
         lines += ["## Embedded checker (prompt alignment, accuracy) by verdict category", ""]
-        lines += _table(result, checker) + [""]
+        lines += [*_table(result, checker), ""]
     if result["categories"]:
         lines += ["## By prompt category", ""]
         others = [n for n in result["configs"] if n != result["baseline"]]

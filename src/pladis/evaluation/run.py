@@ -49,9 +49,7 @@ class Sample:
 
 def samples(prompts: list[Prompt], per_prompt: int, seed: int) -> list[Sample]:
     """Every (prompt, image) in a fixed order; image j of prompt i gets seed ``seed + i * per_prompt + j``."""
-    return [
-        Sample(p, j, (seed + p.index * per_prompt + j) % SEED_MODULUS) for p in prompts for j in range(per_prompt)
-    ]
+    return [Sample(p, j, (seed + p.index * per_prompt + j) % SEED_MODULUS) for p in prompts for j in range(per_prompt)]
 
 
 def versions() -> dict[str, str]:

@@ -117,6 +117,7 @@ def score_run(opts: ScoreOptions, *, show_progress: bool = True, echo=print) -> 
                 with eval_progress("img", disable=disable) as progress:
                     task = progress.add_task(f"scoring {metric}", total=len(mine))
                     for batch in _batches(mine, opts.batch_size):
+                        assert scorer is not None
                         values = scorer.score([_open(s["path"]) for s in batch], [s["prompt"] for s in batch])
                         for s, v in zip(batch, values):
                             mine_entries[f"{s['config']}/{s['sample_id']}"] = {"sha256": s["sha256"], "value": v}

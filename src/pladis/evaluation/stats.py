@@ -10,8 +10,9 @@ the per-prompt differences of the resampled prompts. The 95 % interval is the 2.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ class Estimate:
         }
 
 
-def prompt_means(values: Mapping[Hashable, float], prompt_of: Mapping[Hashable, str]) -> dict[str, float]:
+def prompt_means(values: Mapping[Any, float], prompt_of: Mapping[Any, str]) -> dict[str, float]:
     """Average each prompt's image values: {image key: value} -> {prompt: mean}."""
     groups: dict[str, list[float]] = defaultdict(list)
     for key, value in values.items():
@@ -60,7 +61,7 @@ def bootstrap(per_prompt: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> tu
 
 
 def estimate(
-    values: Mapping[Hashable, float], prompt_of: Mapping[Hashable, str], n_boot: int = N_BOOT, seed: int = 0
+    values: Mapping[Any, float], prompt_of: Mapping[Any, str], n_boot: int = N_BOOT, seed: int = 0
 ) -> Estimate:
     """Mean over prompts (of per-prompt means) with its bootstrap interval."""
     pm = prompt_means(values, prompt_of)
@@ -70,9 +71,9 @@ def estimate(
 
 
 def paired_delta(
-    base: Mapping[Hashable, float],
-    other: Mapping[Hashable, float],
-    prompt_of: Mapping[Hashable, str],
+    base: Mapping[Any, float],
+    other: Mapping[Any, float],
+    prompt_of: Mapping[Any, str],
     n_boot: int = N_BOOT,
     seed: int = 0,
 ) -> Estimate:

@@ -30,7 +30,7 @@ class Alignment:
             return out
         arrays = [np.asarray(images[i].convert("RGB"), dtype=np.float32) / 255.0 for i in keep]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-        verdicts = judge(batch, [specs[i] for i in keep])
+        verdicts = judge(batch, [s for s in specs if s is not None])
         for i, v in zip(keep, verdicts):
             out[i] = {k: (None if v.get(k) is None else float(bool(v[k]))) for k in self.categories}
         return out

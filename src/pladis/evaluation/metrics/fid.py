@@ -30,7 +30,7 @@ def to_uint8(images: list, size: tuple[int, int] | None = None) -> torch.Tensor:
         if size is not None and im.size != size:
             side = min(im.size)
             left, top = (im.width - side) // 2, (im.height - side) // 2
-            im = im.crop((left, top, left + side, top + side)).resize(size, Image.BICUBIC)
+            im = im.crop((left, top, left + side, top + side)).resize(size, Image.Resampling.BICUBIC)
         arrays.append(np.asarray(im, dtype=np.uint8))
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
@@ -96,4 +96,3 @@ class FID:
         for batch in images_of_config(32):
             self.metric.update(to_uint8(batch).to(self.device), real=False)
         return float(self.metric.compute())
-
