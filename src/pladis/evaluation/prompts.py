@@ -97,7 +97,7 @@ def _rows_from_hub(name: str, hub: HubSet) -> list[dict]:
             import datasets
         except ImportError:
             raise PromptError(
-                f"prompt set {name!r} needs the 'datasets' package: pip install 'pladis[eval-data]' "
+                f"prompt set {name!r} needs the 'datasets' package: pip install 'pladis[eval]' "
                 "(or pip install datasets), or pass a local file with --prompts FILE"
             ) from None
         columns = [c for c in (hub.column, hub.category) if c]
