@@ -25,6 +25,7 @@ from pladis import __version__
 from pladis.study.cli import study_app
 
 from . import demo, generate, info, maps, sweep
+from . import eval as eval_cli
 
 app = typer.Typer(
     name="pladis",
@@ -64,3 +65,4 @@ app.command("demo")(demo.demo)
 app.command("train-demo")(demo.train_demo)
 app.command("bench-alignment")(demo.bench_alignment)
 app.add_typer(study_app, name="study")
+app.add_typer(eval_cli.eval_app, name="eval")

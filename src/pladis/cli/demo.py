@@ -249,7 +249,7 @@ def bench_alignment(
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
     seed: Annotated[
         int,
-        typer.Option(help="Seed, 0..2**63-1 (prompt i uses noise (seed*100003 + i) mod 2**63 in every configuration)."),
+        typer.Option(help="Seed, 0..2**63-1 (prompt i uses noise seed + i in every configuration)."),
     ] = 0,
     batch_size: Annotated[int, typer.Option(help="Prompts per pipeline call.")] = 64,
     out: Annotated[
@@ -258,12 +258,18 @@ def bench_alignment(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, then mps, then cpu).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
 ) -> None:
-    """Score prompt alignment (colour, shape, position, relation, count) of stock vs PLADIS with the exact checker."""
+    """Score prompt alignment (colour, shape, position, relation, count) of stock vs PLADIS with the exact checker.
+
+    A thin alias of ``pladis eval generate`` + ``score --metrics alignment`` + ``report`` on the embedded model: one
+    resumable run folder per guidance value under ``--out`` (``cfg-4/``), and ``alignment.md``/``.json`` there.
+    """
+    from pladis.evaluation.generate import EvalError, GenerateOptions, check_options, generate_run
+    from pladis.evaluation.report import write_report
+    from pladis.evaluation.score import ScoreOptions, score_run
+
     from ..api import check_alpha, check_scale
     from ..demo import files
-    from ..demo.bench import chart, run_benchmark
-    from ..demo.model import load_demo_pipeline
-    from .common import CLIError, pick_device, reporting_errors
+    from .common import CLIError, reporting_errors
 
     with reporting_errors():  # one clear line for bad input, before any image is generated
         scale_values = _floats(scales, "--scales")
@@ -280,30 +286,45 @@ def bench_alignment(
         _check_seed(seed)
         if out.exists() and not out.is_dir():
             raise CLIError(f"invalid --out {str(out)!r}: that is a file; give a folder for the reports", 2)
-        pipe = load_demo_pipeline(weights, device=pick_device(device or "auto"))
-        out.mkdir(parents=True, exist_ok=True)
+        configs = ["baseline"] + [f"pladis:scale={s:g},alpha={a:g}" for a in alpha_values for s in scale_values if s]
+        runs = []
+        for c in cfg_values:
+            opts = GenerateOptions(
+                out=out / f"cfg-{c:g}",
+                model="demo",
+                prompts=f"demo:{n}",
+                configs=list(dict.fromkeys(configs)),
+                per_prompt=1,
+                seed=seed,
+                steps=steps,
+                guidance=c,
+                batch_size=batch_size,
+                device=device or "auto",
+                weights=weights,
+            )
+            try:
+                check_options(opts)
+            except EvalError as e:
+                raise CLIError(str(e), 2) from None
+            runs.append((c, opts))
         md = [
             "# Alignment benchmark (embedded demo model)\n",
-            f"n={n} prompts, {steps} DPM-Solver++ steps, seed={seed}. Each cell: accuracy [95% bootstrap CI]; "
-            "Δ = paired difference vs stock on the same prompts and noise [95% paired-bootstrap CI].\n",
+            f"n={n} prompts, {steps} DPM-Solver++ steps, seed={seed}; the same noise per prompt in every "
+            "configuration. Checker accuracy; Δ = paired difference vs stock with its 95% paired-bootstrap interval "
+            "over prompts (n.s. = the interval contains 0).\n",
         ]
-        allres = {}
-        for c in cfg_values:
-            res = run_benchmark(
-                pipe,
-                n=n,
-                scales=scale_values,
-                alphas=alpha_values,
-                cfg=c,
-                steps=steps,
-                seed=seed,
-                batch_size=batch_size,
-                progress=lambda m, c=c: typer.echo(f"[cfg {c:g}] {m}"),
-            )
-            md += [f"\n## cfg = {c:g}\n", res["table"], ""]
-            chart(res["stats"], out / f"alignment_cfg{c:g}.png", f"demo model, n={n}, cfg={c:g}: accuracy, 95% CI")
-            allres[f"cfg={c:g}"] = {k: v for k, v in res.items() if k not in ("table", "samples")}
+        results = {}
+        for c, opts in runs:
+            try:
+                generate_run(opts, echo=typer.echo)
+                score_run(ScoreOptions(run=opts.out, metrics=["alignment"], device=opts.device), echo=typer.echo)
+                res = write_report([opts.out], "baseline")
+            except EvalError as e:
+                raise CLIError(str(e), 1) from None
+            body = res["markdown"].split("\n## ", 1)[1] if "\n## " in res["markdown"] else res["markdown"]
+            md += [f"\n## cfg = {c:g}\n", "## " + body]
+            results[f"cfg={c:g}"] = {k: v for k, v in res.items() if k != "markdown"}
         files.atomic_write_text(out / "alignment.md", "\n".join(md) + "\n")
-        files.write_json(out / "alignment.json", allres)
+        files.write_json(out / "alignment.json", results)
         typer.echo("\n".join(md))
-        typer.echo(f"wrote {out}/alignment.md, alignment.json and alignment_cfg*.png")
+        typer.echo(f"wrote {out}/alignment.md, alignment.json and cfg-*/report/report.png")
