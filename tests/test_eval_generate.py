@@ -51,6 +51,42 @@ def test_saved_pipeline_folder_and_study_loader(tmp_path):
     assert res.exit_code == 1 and "single" in res.output and not (tmp_path / "bad" / "images").exists()
 
 
+def test_preset_gives_its_scheduler_timesteps_and_settings(tmp_path, monkeypatch):
+    """--preset loads the preset's set-up (DMD2: LCM at 999/749/499/249, CFG 0; its LoRA left out) on a local model."""
+    import dataclasses
+
+    import pladis.evaluation.generate as gen
+    from pladis import presets
+    from pladis.testing import tiny_sdxl_pipeline
+
+    folder = tmp_path / "tiny-sdxl"
+    tiny_sdxl_pipeline().save_pretrained(folder)
+    (tmp_path / "p.txt").write_text("a red cube\n")
+    seen: list[tuple[str, list[int], float]] = []
+
+    def spy(pipe, index, timestep, callback_kwargs):
+        seen.append((type(pipe.scheduler).__name__, [int(t) for t in pipe.scheduler.timesteps], pipe.guidance_scale))
+        return callback_kwargs
+
+    load = gen.load_for_eval
+
+    def load_and_spy(*args, **kwargs):
+        pipe, defaults = load(*args, **kwargs)
+        defaults["extra"]["callback_on_step_end"] = spy
+        return pipe, defaults
+
+    monkeypatch.setattr(gen, "load_for_eval", load_and_spy)
+    monkeypatch.setitem(presets.PRESETS, "sdxl-dmd2", dataclasses.replace(presets.get("sdxl-dmd2"), lora_repo=None))
+    opts = GenerateOptions(
+        out=tmp_path / "run", model=str(folder), preset="sdxl-dmd2", prompts=str(tmp_path / "p.txt"),
+        per_prompt=1, configs=["baseline"], device="cpu", size=(64, 64),
+    )  # fmt: skip
+    generate_run(opts, show_progress=False)
+    assert seen[0] == ("LCMScheduler", [999, 749, 499, 249], 0.0)
+    spec = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert spec["preset"] == "sdxl-dmd2" and spec["steps"] == 4 and spec["guidance"] == 0.0
+
+
 def test_bad_options_fail_before_the_model_loads(tmp_path, monkeypatch):
     import pladis.evaluation.generate as gen
 
@@ -64,6 +100,7 @@ def test_bad_options_fail_before_the_model_loads(tmp_path, monkeypatch):
         (["--prompts", "nope.txt"], "no such file"),
         (["--per-prompt", "0"], "--per-prompt"),
         (["--batch-size", "0"], "--batch-size"),
+        (["--preset", "sdxl-nope"], "unknown preset 'sdxl-nope'"),
     ]
     for extra, fragment in cases:
         res = runner.invoke(app, ["eval", "generate", *DEMO_ARGS, *extra, "--out", str(tmp_path / "x")])

@@ -121,3 +121,13 @@ def test_cli_writes_the_figure_and_arrays(tmp_path):
                                        "--tokens", "cat", "--out", str(tmp_path / "x.png"), "--device", "cpu"])  # fmt: skip
     assert bad.exit_code == 2 and "'cat' is not in the prompt" in bad.output
     assert not (tmp_path / "x.png").exists()
+
+    # a preset: its settings (here SDXL-Turbo 4-step: CFG 0, 4 steps) with the local model in place of its repo
+    with_preset = CliRunner().invoke(cli.app, ["maps", "--preset", "sdxl-turbo-4step", "--model", str(tmp_path / "model"),
+                                               "--prompt", PROMPT, "--tokens", "dog", "--out", str(tmp_path / "p.png"),
+                                               "--size", "32", "--device", "cpu"])  # fmt: skip
+    assert with_preset.exit_code == 0, with_preset.output
+    assert (tmp_path / "p.png").exists()
+    unknown = CliRunner().invoke(cli.app, ["maps", "--preset", "sdxl-nope", "--prompt", PROMPT, "--tokens", "dog",
+                                           "--out", str(tmp_path / "y.png")])  # fmt: skip
+    assert unknown.exit_code == 2 and "unknown preset 'sdxl-nope'" in unknown.output

@@ -27,6 +27,9 @@ def maps(
     model: Annotated[
         str | None, typer.Option("--model", "-m", help="Hub id (org/name) or local diffusers folder. (required)")
     ] = None,
+    preset: Annotated[
+        str | None, typer.Option("--preset", help="A named model + settings (see `pladis generate --help`).")
+    ] = None,
     tokens: Annotated[
         str | None, typer.Option("--tokens", "-t", help="Comma-separated words of the prompt, e.g. dog,rabbit.")
     ] = None,
@@ -50,8 +53,12 @@ def maps(
     with reporting_errors(verbose):
         if not prompt:
             raise CLIError("missing --prompt: e.g. --prompt 'a small dog next to a big rabbit'", 2)
-        if not model:
-            raise CLIError("missing --model: give a Hub id like 'org/name' or a local diffusers pipeline folder", 2)
+        if not model and not preset:
+            raise CLIError(
+                "missing --model: give a Hub id like 'org/name', a local diffusers pipeline folder, or --preset NAME", 2
+            )
+        if preset:
+            _check_preset(preset)
         words = names(tokens)
         if not words:
             raise CLIError("missing --tokens: comma-separated words of the prompt, e.g. --tokens dog,rabbit", 2)
@@ -65,7 +72,7 @@ def maps(
         check_output(out, "--out")
         width, height = parse_size(size) or (None, None)
 
-        pipe = load_pipeline(model, device=device, dtype=dtype)
+        pipe, preset_kwargs = _load(model, preset, device, dtype)
         from pladis import maps as pladis_maps
 
         try:
@@ -78,8 +85,31 @@ def maps(
         )  # fmt: skip
         for name in ignored:
             warn(f"{type(pipe).__name__} does not take {name}; ignoring it")
+        call_kwargs = {**preset_kwargs, **call_kwargs}
         rows, arrays = _record(pipe, call_kwargs, positions, seed, scale, alpha)
         _write(out, rows, arrays, prompt, positions, seed)
+
+
+def _check_preset(name: str) -> None:
+    from pladis import presets
+
+    try:
+        presets.get(name)
+    except ValueError as e:
+        raise CLIError(f"--preset: {e}", 2) from None
+
+
+def _load(model: str | None, preset: str | None, device: str, dtype: str):
+    """The pipeline, and the preset's call settings (scheduler timesteps, steps, CFG, ...) when a preset is named."""
+    if not preset:
+        assert model is not None
+        return load_pipeline(model, device=device, dtype=dtype), {}
+    from pladis import presets
+
+    overrides = {"model": model} if model else {}
+    pipe, call_kwargs = presets.load(preset, device=device, dtype=None if dtype == "auto" else dtype, **overrides)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, call_kwargs
 
 
 def _record(pipe, call_kwargs: dict, positions: dict[str, list[int]], seed: int, scale: float, alpha: float):

@@ -47,13 +47,15 @@ class GenerateOptions:
 def load_for_eval(
     model: str, preset: str | None = None, *, device: str = "auto", dtype: str = "auto", weights: Path | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """The pipeline to evaluate and its generation defaults (``steps``, ``guidance``; None = the pipeline's own).
+    """The pipeline to evaluate and its generation defaults (``steps``, ``guidance``; None = the pipeline's own;
+    ``extra``: further call kwargs, e.g. a preset's timesteps or max_sequence_length).
 
     ``model`` is ``demo`` (the embedded model) or a Hub id / local diffusers folder. ``preset`` (a named model +
-    settings from ``pladis.presets``) is wired in by the CLI once presets exist; it overrides these defaults.
+    settings from ``pladis.presets``) loads that preset's pipeline, scheduler, LoRA and call settings, with
+    ``model`` (if given) in place of the preset's model; the preset's PLADIS scale is not used (``--config`` is).
     """
     if preset is not None:
-        raise EvalError("--preset is not available in this build; pass --model ID_OR_FOLDER (and --steps/--guidance)")
+        return _load_preset(preset, model, device=device, dtype=dtype)
     if model == DEMO:
         from pladis.demo.model import load_demo_pipeline
 
@@ -70,15 +72,32 @@ def load_for_eval(
     return load_pipeline(model, device=device, dtype=dtype), {"steps": None, "guidance": None}
 
 
+def _load_preset(preset: str, model: str | None, *, device: str, dtype: str) -> tuple[Any, dict[str, Any]]:
+    from .. import presets
+    from ..cli.common import CLIError
+
+    overrides = {"model": model} if model else {}
+    try:
+        pipe, call_kwargs = presets.load(preset, device=device, dtype=None if dtype == "auto" else dtype, **overrides)
+    except (CLIError, KeyError, ValueError) as e:
+        raise EvalError(str(e).strip("'\"")) from None
+    pipe.set_progress_bar_config(disable=True)
+    steps, guidance = call_kwargs.pop("num_inference_steps", None), call_kwargs.pop("guidance_scale", None)
+    return pipe, {"steps": steps, "guidance": guidance, "extra": call_kwargs}
+
+
 def check_options(opts: GenerateOptions) -> list[EvalConfig]:
     """Everything that can be checked before a model loads; returns the parsed configs."""
+    from .. import presets
     from .configs import ConfigError
     from .prompts import PromptError
 
     try:
         configs = parse_configs(opts.configs)
         check_source(opts.prompts)
-    except (ConfigError, PromptError) as e:
+        if opts.preset is not None:
+            presets.get(opts.preset)
+    except (ConfigError, PromptError, ValueError) as e:
         raise EvalError(str(e)) from None
     for name, value in (("--per-prompt", opts.per_prompt), ("--limit", opts.limit)):
         if value is not None and value < 1:
@@ -112,13 +131,14 @@ def _prompt_key(opts: GenerateOptions) -> str:
     return opts.prompts if opts.limit is None else f"{opts.prompts}[:{opts.limit}]"
 
 
-def _call_kwargs(pipe, steps, guidance, size) -> tuple[dict[str, Any], int | None, float | None]:
+def _call_kwargs(pipe, steps, guidance, size, extra=None) -> tuple[dict[str, Any], int | None, float | None]:
     from ..cli.loading import build_call_kwargs, call_default
 
     width, height = size if size else (None, None)
     kwargs, _ignored = build_call_kwargs(
         pipe, num_inference_steps=steps, guidance_scale=guidance, width=width, height=height, output_type="pil"
     )
+    kwargs = {**(extra or {}), **kwargs}
     return kwargs, call_default(pipe, "num_inference_steps", steps), call_default(pipe, "guidance_scale", guidance)
 
 
@@ -140,7 +160,7 @@ def generate_run(opts: GenerateOptions, *, show_progress: bool = True, echo=prin
     pipe, defaults = load_for_eval(opts.model, opts.preset, device=device, dtype=opts.dtype, weights=opts.weights)
     steps = opts.steps if opts.steps is not None else defaults["steps"]
     guidance = opts.guidance if opts.guidance is not None else defaults["guidance"]
-    call_kwargs, steps, guidance = _call_kwargs(pipe, steps, guidance, opts.size)
+    call_kwargs, steps, guidance = _call_kwargs(pipe, steps, guidance, opts.size, defaults.get("extra"))
     for c in configs:  # a layer group the model lacks fails now, not after hours of baseline images
         if not c.is_baseline:
             try:
