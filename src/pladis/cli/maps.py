@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -106,7 +106,7 @@ def _load(model: str | None, preset: str | None, device: str, dtype: str):
         return load_pipeline(model, device=device, dtype=dtype), {}
     from pladis import presets
 
-    overrides = {"model": model} if model else {}
+    overrides: dict[str, Any] = {"model": model} if model else {}
     pipe, call_kwargs = presets.load(preset, device=device, dtype=None if dtype == "auto" else dtype, **overrides)
     pipe.set_progress_bar_config(disable=True)
     return pipe, call_kwargs

@@ -76,7 +76,7 @@ def _load_preset(preset: str, model: str | None, *, device: str, dtype: str) -> 
     from .. import presets
     from ..cli.common import CLIError
 
-    overrides = {"model": model} if model else {}
+    overrides: dict[str, Any] = {"model": model} if model else {}
     try:
         pipe, call_kwargs = presets.load(preset, device=device, dtype=None if dtype == "auto" else dtype, **overrides)
     except (CLIError, KeyError, ValueError) as e:
