@@ -21,8 +21,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from pladis import files
 from pladis.cli import app
-from pladis.demo import files, model
+from pladis.demo import model
 from pladis.demo import train as tr
 
 runner = CliRunner()
@@ -219,6 +220,28 @@ def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
     assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o600  # 0644 less the umask 077
     assert (tmp_path / "shared.txt").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "shared.txt").read_text() == "new"
+
+
+def test_images_gifs_and_arrays_are_written_atomically_with_the_usual_mode(tmp_path):
+    """Every writer goes through pladis.files: format from the real extension, 0644 less the umask, no leftovers."""
+    import numpy as np
+    from PIL import Image
+
+    from pladis import compare, maps
+
+    old_umask = os.umask(0o022)
+    try:
+        frame = Image.new("RGB", (8, 8), (200, 10, 10))
+        compare.save_image(frame, tmp_path / "a.png", {"k": "v"})
+        compare.save_image(frame, tmp_path / "b.jpg")
+        compare.save_video([frame, frame], tmp_path / "c.gif")
+        maps.save_npz(tmp_path / "d.npz", {"x": np.ones(3)})
+    finally:
+        os.umask(old_umask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.jpg", "c.gif", "d.npz"]
+    assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o644}
+    assert [Image.open(tmp_path / n).format for n in ("a.png", "b.jpg", "c.gif")] == ["PNG", "JPEG", "GIF"]
+    assert np.load(tmp_path / "d.npz")["x"].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_save_by_time_and_no_resume_starts_fresh(tmp_path):

@@ -17,11 +17,9 @@ produced it) when it is a PNG.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,12 +27,13 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from .files import atomic_write
+
 __all__ = [
     "DEFAULT_BORDER",
     "FALLBACK_FONTS",
     "PLACEHOLDER",
     "GridLayout",
-    "atomic_write",
     "can_write_mp4",
     "drawable",
     "font_for",
@@ -332,23 +331,6 @@ def labelled_grid(
         for i, line in enumerate(layout.caption_lines):
             draw.text((layout.border, layout.caption_top + i * cap_h), line, fill=_CAPTION_TEXT, font=cap_font)
     return grid
-
-
-def atomic_write(path: Path, write) -> Path:
-    """``write(temp_path)``, fsync, then rename over ``path``: a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(temp))
-        with open(temp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        raise
-    return path
 
 
 def save_image(image: Image.Image, path: str | Path, metadata: Mapping[str, object] | None = None) -> Path:

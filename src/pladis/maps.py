@@ -195,19 +195,6 @@ def figure(rows: Sequence[tuple[str, object, dict[str, np.ndarray]]], caption: s
 
 def save_npz(path: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:
     """`np.savez_compressed` written atomically (a temp file in the same folder, fsync, rename)."""
-    import os
-    import tempfile
+    from .files import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)  # type: ignore[arg-type]
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: np.savez_compressed(tmp, **arrays))  # type: ignore[arg-type]

@@ -267,8 +267,8 @@ def bench_alignment(
     from pladis.evaluation.report import write_report
     from pladis.evaluation.score import ScoreOptions, score_run
 
+    from .. import files
     from ..api import check_alpha, check_scale
-    from ..demo import files
     from .common import CLIError, reporting_errors
 
     with reporting_errors():  # one clear line for bad input, before any image is generated

@@ -137,7 +137,8 @@ def run_sweep(pipe, call_kwargs, prompt, scales, alphas, seeds, out: Path, setti
     rows.  Images an earlier run wrote with the same settings are reused.  Returns the index written."""
     import pladis
     from pladis import metadata
-    from pladis.compare import atomic_write, grid_layout, labelled_grid, save_image
+    from pladis.compare import grid_layout, labelled_grid, save_image
+    from pladis.files import atomic_write
 
     out = out.expanduser()
     (out / "images").mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import files
+from .. import files
 from .checker import CATEGORIES, judge
 from .scenes import Spec, benchmark_prompts
 

@@ -165,7 +165,7 @@ def save_weights(unet, text_encoder, cfg: dict, out_dir: str | Path, meta: dict 
     """Export fp16 safetensors and the config, each written atomically (text keys without ``text_model.``)."""
     from safetensors.torch import save_file
 
-    from . import files
+    from .. import files
 
     out = Path(out_dir)
     unet_sd = {k: v.detach().to("cpu", dtype).contiguous() for k, v in unet.state_dict().items()}

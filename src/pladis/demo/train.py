@@ -34,7 +34,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import files
+from .. import files
 from .model import build_models, default_config, save_weights, to_latents, train_scheduler
 from .scenes import layout_specs, render, sample_layout
 from .text import fast_ids

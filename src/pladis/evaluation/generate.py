@@ -191,7 +191,7 @@ def generate_run(opts: GenerateOptions, *, show_progress: bool = True, echo=prin
     all_samples = runlib.samples(prompts, per_prompt, opts.seed)
     if state.is_main_process:
         Path(opts.out).mkdir(parents=True, exist_ok=True)
-        from pladis.demo import files
+        from pladis import files
 
         files.write_json(Path(opts.out) / "run.json", spec)
         runlib.write_prompts(opts.out, prompts)

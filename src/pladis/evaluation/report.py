@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pladis.demo import files
+from pladis import files
 
 from . import run as runlib
 from . import stats

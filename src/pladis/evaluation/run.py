@@ -9,7 +9,7 @@
 
 A sample is committed by its sidecar, written (atomically) after its PNG; the sidecar records the PNG's size and
 hash. On resume a sample counts as done only if both files are there and agree; anything else is deleted and
-redone, and leftover temporary files (``.*.tmp``) are removed.
+redone, and leftover temporary files (``.*.tmp*``) are removed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pladis.demo import files
+from pladis import files
 
 from .prompts import Prompt
 
@@ -109,7 +109,7 @@ def clean_orphans(run: Path, configs: list[str]) -> int:
         folder = image_dir(run, config)
         if not folder.is_dir():
             continue
-        for tmp in folder.glob(".*.tmp"):
+        for tmp in folder.glob(".*.tmp*"):
             tmp.unlink(missing_ok=True)
             removed += 1
         for png in folder.glob("*.png"):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pladis.demo import files
+from pladis import files
 
 from . import run as runlib
 from .metrics import PER_IMAGE, build, parse_metrics

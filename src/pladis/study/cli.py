@@ -7,7 +7,6 @@ the ``study`` extra.
 from __future__ import annotations
 
 import ipaddress
-import os
 import secrets
 import socket
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from pladis.files import atomic_write_bytes
 
 study_app = typer.Typer(
     name="study",
@@ -262,7 +263,7 @@ def results(
         except ImportError:
             console.print("[yellow]note:[/yellow] no chart: matplotlib missing (pip install 'pladis[study]')")
         for name, data in files.items():
-            _write_atomic(folder / name, data)
+            atomic_write_bytes(folder / name, data)
     except StudyCLIError as err:
         raise _fail(err, err.code) from None
     header, *rows = res.format_table(summary)
@@ -273,12 +274,3 @@ def results(
         table.add_row(*row)
     console.print(table)
     console.print(f"wrote {', '.join(str(folder / n) for n in files)}")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

@@ -1,4 +1,4 @@
-"""Crash-safe file writes and strict JSON for the demo's training runs and reports.
+"""Crash-safe file writes and strict JSON, for everything pladis writes (images, runs, checkpoints, reports).
 
 :func:`atomic_write` writes through a temporary file in the destination's folder, flushes and fsyncs it, then
 ``os.replace``-s it over the destination and fsyncs the folder: a crash or ``SIGKILL`` at any moment leaves
@@ -46,7 +46,9 @@ def atomic_write(path: str | Path, write: Callable[[Path], object], mode: int | 
         except OSError:
             mode = 0o644 & ~_umask()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # ".NAME.XXXX.tmp.EXT": hidden, recognisable as a leftover, and with the extension that writers such as PIL or
+    # ffmpeg read the format from
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
