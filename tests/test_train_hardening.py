@@ -31,7 +31,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def tiny_config() -> dict:
     cfg = model.default_config()
-    cfg["unet"].update(block_out_channels=(32, 32, 32), attention_head_dim=2, cross_attention_dim=32)
+    cfg["vae"] = model.vae_config(widths=(8, 8, 8), groups=4)
+    cfg["unet"].update(block_out_channels=(32, 32), attention_head_dim=2, cross_attention_dim=32)
     cfg["text"].update(
         hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=2
     )
@@ -55,6 +56,7 @@ def config_file(tmp_path) -> Path:
 
 def run_tiny(out: Path, steps: int, **kwargs) -> dict:
     kwargs.setdefault("batch_size", 4)
+    kwargs.setdefault("ae_batch_size", 4)
     return tr.train(out_dir=out, steps=steps, device="cpu", log_every=1, progress=False, config=tiny_config(), **kwargs)
 
 
@@ -144,7 +146,7 @@ def _start(out: Path, config_file: Path, steps: int, *extra: str) -> subprocess.
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", "from pladis.cli import main; main()", "train-demo", "--out", str(out)]
     cmd += ["--steps", str(steps), "--batch-size", "4", "--device", "cpu", "--log-every", "5"]
-    cmd += ["--config-file", str(config_file), *extra]
+    cmd += ["--config-file", str(config_file), "--ae-batch-size", "4", *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
