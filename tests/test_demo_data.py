@@ -61,7 +61,7 @@ def test_training_sampler_never_draws_a_heldout_composition():
 def test_training_batches_use_the_training_split():
     """What the training loop actually draws (both phases): captions and pixels free of held-out compositions."""
     for step in range(3):
-        images, ids, noise, t = tr._batch(step, 0, 256, "cpu", 0.0, (4, 8, 8))
+        images, ids, noise, _ = tr._batch(step, 0, 256, "cpu", 0.0, (4, 8, 8))
         assert images.shape == (256, 3, 32, 32) and noise.shape == (256, 4, 8, 8) and ids.shape == (256, 77)
         blobs = checker.find_blobs((images + 1) / 2)
         assert not {(b.color, b.shape) for bl in blobs for b in bl} & scenes.HELDOUT_PAIRS
@@ -114,7 +114,7 @@ def test_checker_on_ground_truth_of_each_split(split):
     # a caption with the other size is judged wrong
     flipped = []
     for s in b.specs:
-        sizes = [{"big": "small", "small": "big"}.get(x or "", None) for x in s.sizes]
+        sizes = [{"big": "small", "small": "big"}.get(x or "") for x in s.sizes]
         flipped.append(scenes.Spec(s.kind, s.objects, s.position, s.relation, s.count, sizes))
     wrong = checker.accuracy(checker.judge(b.images, flipped))
     assert wrong["size"][0] < 0.02

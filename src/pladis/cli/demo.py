@@ -97,9 +97,9 @@ def demo(
 
     from ..api import check_alpha, check_scale
     from ..compare import labelled_grid, save_image
+    from ..demo import model as demo_model
     from ..demo.bench import generate
     from ..demo.checker import judge
-    from ..demo import model as demo_model
     from ..demo.scenes import parse_caption
     from ..demo.study import StudyError, caption_lines, load_study
     from .common import CLIError, check_output, pick_device, reporting_errors
@@ -176,6 +176,7 @@ def demo(
             "cfg": cfg,
             "seed": seed,
             "study": str(measured.path),
+            "caption": caption,
         }
         save_image(grid, out, metadata=meta)
         typer.echo(f"wrote {out} ({len(prompts)} prompts x {{stock, PLADIS}} x {samples}) in {time.time() - t0:.1f}s")

@@ -651,9 +651,7 @@ VALIDATION_SEED = 2_718_281  # a data stream no training run with a small seed v
 @torch.no_grad()
 def validation_loss(weights_dir: str | Path, n: int = 128, device: str = "cpu") -> float:
     """The v-prediction MSE of exported weights on a fixed batch (the same images, noise and timesteps every time)."""
-    from .model import load_demo_pipeline
-
-    from .model import load_config
+    from .model import load_config, load_demo_pipeline
 
     cfg = load_config(weights_dir)
     pipe = load_demo_pipeline(weights_dir, device=device)
