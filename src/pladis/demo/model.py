@@ -198,7 +198,7 @@ def assemble_pipeline(unet, text_encoder, cfg: dict | None = None, vae=None) -> 
     pipe = StableDiffusionPipeline(
         vae=vae if vae is not None else build_vae(cfg).eval(),
         text_encoder=text_encoder,
-        tokenizer=build_tokenizer(),
+        tokenizer=build_tokenizer(int(cfg["text"]["vocab_size"])),
         unet=unet,
         scheduler=sched,
         safety_checker=None,
