@@ -33,6 +33,12 @@ def test_tokenizer_pads_to_77_with_end_token():
     assert ids.shape == (2, 77)
     assert torch.equal(ids, fast_ids(caps))
     assert (ids[1, 1:] == tok.eos_token_id).all()
+    # a model with an older, shorter vocabulary reads the newer words as <|unk|> (not an out-of-range id)
+    old = build_tokenizer(28)
+    caps = ["a big red circle", "four red circles"]
+    old_ids = old(caps, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    assert torch.equal(old_ids, fast_ids(caps, vocab_size=28)) and int(old_ids.max()) < 28
+    assert old_ids[0, 2] == old.unk_token_id and old_ids[0, 3] == tok.convert_tokens_to_ids("red")
 
 
 def test_checker_on_ground_truth():

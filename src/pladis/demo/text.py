@@ -41,9 +41,9 @@ def build_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerFast:
     )
 
 
-def fast_ids(captions: list[str], device="cpu") -> torch.Tensor:
+def fast_ids(captions: list[str], device="cpu", vocab_size: int | None = None) -> torch.Tensor:
     """The tokenizer's ``padding="max_length"`` ids, computed without it (for the training loop)."""
-    vocab = {w: i for i, w in enumerate(VOCAB)}
+    vocab = {w: i for i, w in enumerate(VOCAB[:vocab_size])}
     out = torch.full((len(captions), MAX_LEN), vocab[EOS], dtype=torch.long)
     for i, c in enumerate(captions):
         ids = [vocab[BOS], *[vocab.get(w, vocab[UNK]) for w in c.lower().split()][: MAX_LEN - 2], vocab[EOS]]

@@ -124,14 +124,14 @@ def _mover(device):
     return mv
 
 
-def _batch(step: int, seed: int, batch: int, device, p_uncond: float, shape=(12, 16, 16)):
+def _batch(step: int, seed: int, batch: int, device, p_uncond: float, shape=(12, 16, 16), vocab_size=None):
     """One step's images in [-1, 1] (training split only), caption ids, noise of the latents' ``shape``, timesteps."""
     g = torch.Generator().manual_seed(step_seed(seed, step))
     lay = sample_layout(batch, g, split="train")
     caps = [s.caption() for s in layout_specs(lay)]
     drop = torch.rand(batch, generator=g) < p_uncond
     caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
-    ids = fast_ids(caps)
+    ids = fast_ids(caps, vocab_size=vocab_size)
     noise = torch.randn(batch, *shape, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g)
     mv = _mover(device)
@@ -446,6 +446,7 @@ def train(
     sched = train_scheduler(cfg)
     ac = sched.alphas_cumprod.to(dev)
     lat_shape = latent_shape(cfg)
+    vocab_size = int(cfg["text"]["vocab_size"])
 
     step, images_seen, total = 0, 0, steps
     elapsed_before, loss_sum, loss_n = 0.0, 0.0, 0
@@ -572,7 +573,7 @@ def train(
             cur_lr = lr_at(step, total or 10**9, lr)
             for gparam in opt.param_groups:
                 gparam["lr"] = cur_lr
-            images, ids, noise, t = _batch(step, seed, batch_size, dev, p_uncond, lat_shape)
+            images, ids, noise, t = _batch(step, seed, batch_size, dev, p_uncond, lat_shape, vocab_size)
             with torch.no_grad():
                 x0 = encode_latents(vae, images)
             a = ac[t].view(-1, 1, 1, 1)
@@ -656,7 +657,7 @@ def validation_loss(weights_dir: str | Path, n: int = 128, device: str = "cpu") 
     cfg = load_config(weights_dir)
     pipe = load_demo_pipeline(weights_dir, device=device)
     ac = train_scheduler(cfg).alphas_cumprod.to(device)
-    images, ids, noise, _ = _batch(0, VALIDATION_SEED, n, device, 0.0, latent_shape(cfg))
+    images, ids, noise, _ = _batch(0, VALIDATION_SEED, n, device, 0.0, latent_shape(cfg), cfg["text"]["vocab_size"])
     x0 = encode_latents(pipe.vae, images)
     t = torch.linspace(20, 980, n, device=device).round().long()  # every noise level, not a random few
     a = ac[t].view(-1, 1, 1, 1)
