@@ -266,7 +266,10 @@ def test_install_with_force_writes_normal_modes(tmp_path, config_file, shipped):
     finally:
         os.umask(old_umask)
     assert res.exit_code == 0, res.output
-    assert _snapshot(shipped) == _snapshot(tmp_path / "run" / "weights")
+    installed = _snapshot(shipped)
+    study = installed.pop("demo_study.json")  # the measured result stays; it names the weights it belongs to
+    assert installed == _snapshot(tmp_path / "run" / "weights")
+    assert study == (Path(model.__file__).resolve().parents[1] / "weights" / "demo_study.json").read_bytes()
     for p in shipped.iterdir():
         assert p.stat().st_mode & 0o777 == 0o644, (p, oct(p.stat().st_mode))
     assert model.load_demo_pipeline(shipped).unet.config.block_out_channels[0] == 32

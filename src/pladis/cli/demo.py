@@ -17,7 +17,7 @@ import typer
 
 DEFAULT_PROMPTS = [
     "a red circle left of a blue square",
-    "a big yellow triangle above a small green circle",
+    "a yellow triangle above a green circle",
     "a purple square at the bottom",
     "three cyan circles",
     "a red triangle and a blue circle",  # both colour-shape pairs are held out of training
