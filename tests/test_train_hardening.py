@@ -32,7 +32,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 
 def tiny_config() -> dict:
     cfg = model.default_config()
-    cfg["unet"].update(block_out_channels=(32, 32, 32), attention_head_dim=2, cross_attention_dim=32)
+    cfg["vae"] = model.vae_config(widths=(8, 8, 8), groups=4)
+    cfg["unet"].update(block_out_channels=(32, 32), attention_head_dim=2, cross_attention_dim=32)
     cfg["text"].update(
         hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1, num_attention_heads=2
     )
@@ -56,6 +57,7 @@ def config_file(tmp_path) -> Path:
 
 def run_tiny(out: Path, steps: int, **kwargs) -> dict:
     kwargs.setdefault("batch_size", 4)
+    kwargs.setdefault("ae_batch_size", 4)
     return tr.train(out_dir=out, steps=steps, device="cpu", log_every=1, progress=False, config=tiny_config(), **kwargs)
 
 
@@ -145,7 +147,7 @@ def _start(out: Path, config_file: Path, steps: int, *extra: str) -> subprocess.
     env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", "from pladis.cli import main; main()", "train-demo", "--out", str(out)]
     cmd += ["--steps", str(steps), "--batch-size", "4", "--device", "cpu", "--log-every", "5"]
-    cmd += ["--config-file", str(config_file), *extra]
+    cmd += ["--config-file", str(config_file), "--ae-batch-size", "4", *extra]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -287,7 +289,10 @@ def test_install_with_force_writes_normal_modes(tmp_path, config_file, shipped):
     finally:
         os.umask(old_umask)
     assert res.exit_code == 0, res.output
-    assert _snapshot(shipped) == _snapshot(tmp_path / "run" / "weights")
+    installed = _snapshot(shipped)
+    study = installed.pop("demo_study.json")  # the measured result stays; it names the weights it belongs to
+    assert installed == _snapshot(tmp_path / "run" / "weights")
+    assert study == (Path(model.__file__).resolve().parents[1] / "weights" / "demo_study.json").read_bytes()
     for p in shipped.iterdir():
         assert p.stat().st_mode & 0o777 == 0o644, (p, oct(p.stat().st_mode))
     assert model.load_demo_pipeline(shipped).unet.config.block_out_channels[0] == 32

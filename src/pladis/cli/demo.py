@@ -20,6 +20,7 @@ DEFAULT_PROMPTS = [
     "a yellow triangle above a green circle",
     "a purple square at the bottom",
     "three cyan circles",
+    "a red triangle and a blue circle",  # both colour-shape pairs are held out of training
 ]
 
 
@@ -58,13 +59,21 @@ def demo(
     prompt: Annotated[
         list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable). Default: four scene prompts.")
     ] = None,
-    scale: Annotated[float, typer.Option(help="PLADIS scale lambda (0 = stock).")] = 2.0,
-    alpha: Annotated[float, typer.Option(help="entmax alpha of the sparse branch.")] = 1.5,
+    scale: Annotated[
+        float | None, typer.Option(help="PLADIS scale lambda (0 = stock). Default: the measured study's setting.")
+    ] = None,
+    alpha: Annotated[
+        float | None, typer.Option(help="entmax alpha of the sparse branch. Default: the measured study's.")
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the comparison grid (PNG).")] = Path(
         "demo.png"
     ),
-    steps: Annotated[int, typer.Option(help="Denoising steps (DPM-Solver++).")] = 20,
-    cfg: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 4.0,
+    steps: Annotated[
+        int | None, typer.Option(help="Denoising steps (DPM-Solver++). Default: the measured study's.")
+    ] = None,
+    cfg: Annotated[
+        float | None, typer.Option(help="Classifier-free guidance scale. Default: the measured study's.")
+    ] = None,
     seed: Annotated[
         int, typer.Option(help="Seed, 0..2**63-1; image i uses seed + i, the same for stock and PLADIS.")
     ] = 0,
@@ -72,34 +81,54 @@ def demo(
     cell: Annotated[int, typer.Option(help="Displayed size of each 32x32 image, in pixels.")] = 128,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps (auto: cuda, then mps, then cpu).")] = None,
     weights: Annotated[Path | None, typer.Option(help="Folder with demo weights (default: the embedded ones).")] = None,
+    study: Annotated[
+        Path | None,
+        typer.Option(help="Measured study JSON that sets PLADIS and captions the columns (default: the shipped one)."),
+    ] = None,
 ) -> None:
-    """Generate with the embedded tiny text-to-image model, stock vs PLADIS, into a labelled grid (offline, CPU-fast)."""
+    """Generate with the embedded tiny text-to-image model, stock vs PLADIS, into a labelled grid (offline, CPU-fast).
+
+    The PLADIS setting and each column's measured benchmark accuracy come from a committed study result
+    (``pladis/weights/demo_study.json``); if no measured setting beats stock, the image says so.
+    """
     from PIL import Image
 
     import pladis
 
     from ..api import check_alpha, check_scale
     from ..compare import labelled_grid, save_image
+    from ..demo import model as demo_model
     from ..demo.bench import generate
     from ..demo.checker import judge
-    from ..demo.model import load_demo_pipeline
     from ..demo.scenes import parse_caption
+    from ..demo.study import StudyError, caption_lines, load_study
     from .common import CLIError, check_output, pick_device, reporting_errors
 
     with reporting_errors():  # one clear line for bad input, no traceback, before any image is generated
         try:
-            check_scale(scale), check_alpha(alpha)
+            if scale is not None:
+                check_scale(scale)
+            if alpha is not None:
+                check_alpha(alpha)
         except ValueError as e:
             raise CLIError(str(e), 2) from None
-        _check_counts(steps=steps, samples=samples, cell=cell)
+        _check_counts(samples=samples, cell=cell, **({} if steps is None else {"steps": steps}))
         _check_seed(seed)
-        if not math.isfinite(cfg):
+        if cfg is not None and not math.isfinite(cfg):
             raise CLIError(f"invalid --cfg {cfg}: must be a finite number", 2)
         check_output(out, "--out")
+        try:
+            measured = load_study(study)
+        except StudyError as e:
+            raise CLIError(f"invalid --study: {e}", 2) from None
+        scale = measured.scale if scale is None else scale
+        alpha = measured.alpha if alpha is None else alpha
+        cfg = measured.cfg if cfg is None else cfg
+        steps = measured.steps if steps is None else steps
         prompts = list(prompt) if prompt else list(DEFAULT_PROMPTS)
         dev = pick_device(device or "auto")
         t0 = time.time()
-        pipe = load_demo_pipeline(weights, device=dev)
+        pipe = demo_model.load_demo_pipeline(weights, device=dev)
         rep = [p for p in prompts for _ in range(samples)]
         seeds = [(seed + i) % SEED_LIMIT for i in range(len(rep))]
         stock = generate(pipe, rep, seeds, steps, cfg, batch_size=64)
@@ -131,11 +160,25 @@ def demo(
             ok = [marks[n].get(pi * samples + j) for n in ("stock", "pladis") for j in range(samples)]
             labels.append(p + ("" if None in ok else "\n(checker: " + " ".join("ok" if o else "no" for o in ok) + ")"))
         cols = [f"stock #{j + 1}" for j in range(samples)] + [f"PLADIS #{j + 1}" for j in range(samples)]
-        caption = (
-            f"embedded demo model | PLADIS scale={scale:g} alpha={alpha:g} | cfg={cfg:g}, {steps} steps, seed={seed}"
+        unet_file = Path(weights or demo_model.WEIGHTS_DIR) / demo_model.UNET_FILE
+        same_weights = unet_file.exists() and measured.matches(unet_file)
+        caption = "\n".join(
+            [
+                f"embedded demo model | PLADIS scale={scale:g} alpha={alpha:g} | cfg={cfg:g}, {steps} steps, seed={seed}",
+                *caption_lines(measured, scale, alpha, cfg, steps, same_weights),
+            ]
         )
         grid = labelled_grid(rows, row_labels=labels, col_labels=cols, caption=caption)
-        save_image(grid, out, metadata={"prompts": prompts, "scale": scale, "alpha": alpha, "cfg": cfg, "seed": seed})
+        meta = {
+            "prompts": prompts,
+            "scale": scale,
+            "alpha": alpha,
+            "cfg": cfg,
+            "seed": seed,
+            "study": str(measured.path),
+            "caption": caption,
+        }
+        save_image(grid, out, metadata=meta)
         typer.echo(f"wrote {out} ({len(prompts)} prompts x {{stock, PLADIS}} x {samples}) in {time.time() - t0:.1f}s")
 
 
@@ -182,6 +225,11 @@ def train_demo(
     config_file: Annotated[
         Path | None, typer.Option(hidden=True, help="JSON model config instead of the default (tests, experiments).")
     ] = None,
+    ae_steps: Annotated[
+        int | None,
+        typer.Option(help="Autoencoder steps before the UNet (default: a fifth of --steps, or of the time budget)."),
+    ] = None,
+    ae_batch_size: Annotated[int, typer.Option(help="Images per autoencoder step.")] = 64,
 ) -> None:
     """Train the embedded demo model on procedurally generated scenes (reproducible from the seed, resumable)."""
     from ..demo.model import WEIGHTS_DIR
@@ -193,6 +241,9 @@ def train_demo(
             check_options(steps, max_minutes, batch_size, lr, seed, log_every, save_every, save_minutes)
         except TrainOptionError as e:
             raise CLIError(str(e), 2) from None
+        if ae_steps is not None and ae_steps < 0:
+            raise CLIError(f"invalid --ae-steps {ae_steps}: give 0 or more autoencoder steps (or leave it out)", 2)
+        _check_counts(ae_batch_size=ae_batch_size)
         if force and not install:
             raise CLIError("--force only applies to --install; add --install, or drop --force", 2)
         if out.exists() and not out.is_dir():
@@ -218,6 +269,8 @@ def train_demo(
                 save_every=save_every,
                 save_minutes=save_minutes,
                 config=config,
+                ae_steps=ae_steps,
+                ae_batch_size=ae_batch_size,
             )
         except TrainOptionError as e:
             raise CLIError(str(e), 2) from None

@@ -2,7 +2,7 @@
 
 It segments the image into coloured blobs (pixels brighter than a threshold, labelled with the nearest
 palette colour by chromaticity, 4-connected, at least ``min_area`` pixels), classifies each blob's shape
-from its fill ratio and vertical asymmetry, and answers per category:
+from its fill ratio, vertical asymmetry and filled bounding-box corners, and answers per category:
 
 * ``color``    every prompted colour is present as a blob
 * ``shape``    every prompted (colour, shape) pair is present as a blob
@@ -10,6 +10,8 @@ from its fill ratio and vertical asymmetry, and answers per category:
 * ``relation`` (relation prompts) the largest blobs of the two colours are in the named relation,
                judged on the axis of their larger centroid offset
 * ``count``    (count prompts) the number of blobs of the prompted colour equals the number
+* ``size``     (prompts that say ``big`` or ``small``) each such object's blob is of that size, judged by its
+               equivalent radius (area over the shape's area per squared radius) against :data:`SIZE_SPLIT`
 * ``all``      every category that applies is right
 """
 
@@ -22,7 +24,10 @@ import torch
 
 from .scenes import COLOR_NAMES, COLORS, Spec
 
-CATEGORIES = ["color", "shape", "position", "relation", "count", "all"]
+CATEGORIES = ["color", "shape", "position", "relation", "count", "size", "all"]
+# area of a shape of radius r, over r**2 (see scenes.render); small objects have r <= 4, big ones r >= 5.5
+AREA_PER_R2 = {"circle": 3.1416, "square": 3.1406, "triangle": 2.2}
+SIZE_SPLIT = 4.75  # pixels of equivalent radius, at 32x32
 
 
 @dataclass
@@ -32,6 +37,10 @@ class Blob:
     area: int
     cx: float
     cy: float
+
+    @property
+    def radius(self) -> float:
+        return float(np.sqrt(self.area / AREA_PER_R2[self.shape]))
 
 
 def label_pixels(images: torch.Tensor, threshold: float = 0.35) -> torch.Tensor:
@@ -84,7 +93,10 @@ def classify_shape(ys: np.ndarray, xs: np.ndarray) -> str:
     asym = (bottom - top) / float(area)
     if asym > 0.2 or fill < 0.6:
         return "triangle"
-    return "square" if fill > 0.88 else "circle"
+    # a square fills its bounding box's corners, a circle does not (small circles can fill 88 % of the box)
+    inside = set(zip(ys.tolist(), xs.tolist()))
+    corners = sum((y, x) in inside for y in (y0, y1) for x in (x0, x1))
+    return "square" if fill > 0.93 or (fill > 0.8 and corners >= 3) else "circle"
 
 
 def find_blobs(images: torch.Tensor, min_area: int = 8, threshold: float = 0.35) -> list[list[Blob]]:
@@ -148,6 +160,16 @@ def judge_blobs(blobs: list[Blob], spec: Spec, size: int = 32) -> dict[str, bool
     if spec.kind == "count":
         c = spec.objects[0][0]
         res["count"] = len(by_color.get(c, [])) == spec.count
+    if any(spec.sizes):
+        ok = True
+        for i, (c, s) in enumerate(spec.objects):
+            want = spec.size_of(i)
+            if want is None:
+                continue
+            b = main_blob(c, s)
+            scale = size / 32.0
+            ok = ok and b is not None and ((b.radius > SIZE_SPLIT * scale) == (want == "big"))
+        res["size"] = ok
     res["all"] = all(v for k, v in res.items() if k != "all" and v is not None)
     return res
 

@@ -18,11 +18,12 @@ MAX_LEN = 77
 VOCAB = [BOS, EOS, UNK, *WORDS]
 
 
-def build_tokenizer() -> PreTrainedTokenizerFast:
+def build_tokenizer(vocab_size: int | None = None) -> PreTrainedTokenizerFast:
+    """The tokenizer; ``vocab_size`` keeps only the first words (an older model's vocabulary: newer words -> UNK)."""
     from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
     from tokenizers.models import WordLevel
 
-    vocab = {w: i for i, w in enumerate(VOCAB)}
+    vocab = {w: i for i, w in enumerate(VOCAB[:vocab_size])}
     tok = Tokenizer(WordLevel(vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -40,9 +41,9 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def fast_ids(captions: list[str], device="cpu") -> torch.Tensor:
+def fast_ids(captions: list[str], device="cpu", vocab_size: int | None = None) -> torch.Tensor:
     """The tokenizer's ``padding="max_length"`` ids, computed without it (for the training loop)."""
-    vocab = {w: i for i, w in enumerate(VOCAB)}
+    vocab = {w: i for i, w in enumerate(VOCAB[:vocab_size])}
     out = torch.full((len(captions), MAX_LEN), vocab[EOS], dtype=torch.long)
     for i, c in enumerate(captions):
         ids = [vocab[BOS], *[vocab.get(w, vocab[UNK]) for w in c.lower().split()][: MAX_LEN - 2], vocab[EOS]]

@@ -15,6 +15,14 @@ back to the checkpoint's step, so every step appears in it once.
 When ``steps`` is not given, the run times its first steps and picks the number of steps that fits
 ``max_minutes``; the chosen number is recorded (in the checkpoint and the exported config), so passing
 it as ``steps`` reproduces the run.
+
+A latent model (a config with ``"vae"``) trains in two phases, as SD's parts were: first the autoencoder
+(``ae_steps`` steps of L1 + MSE reconstruction with a tiny KL term, its own log ``ae_loss_log.csv``), then its
+latent scale is measured and it is frozen, and the UNet and text encoder train on its latents. Both phases
+resume from the same checkpoint. The UNet phase exports its EMA weights at 10 %, 30 % and 100 % of its steps to
+``checkpoints/step_NNNNNN/`` (for studies across training), and the final ones to ``weights/``.
+
+Training data never shows a held-out composition (``scenes.sample_layout(split="train")``).
 """
 
 from __future__ import annotations
@@ -35,18 +43,31 @@ import torch
 import torch.nn.functional as F
 
 from .. import files
-from .model import build_models, default_config, save_weights, to_latents, train_scheduler
+from .model import (
+    build_models,
+    build_vae,
+    default_config,
+    encode_latents,
+    latent_shape,
+    save_weights,
+    train_scheduler,
+)
 from .scenes import layout_specs, render, sample_layout
 from .text import fast_ids
 
 CKPT_FILE = "ckpt.safetensors"
 LEGACY_CKPT_FILE = "ckpt.pt"  # torch.save checkpoints of pladis <= 0.1; read with weights_only=True only
 LOG_FILE = "loss_log.csv"
+AE_LOG_FILE = "ae_loss_log.csv"
+MILESTONES_DIR = "checkpoints"
+MILESTONE_FRACTIONS = (0.1, 0.3, 1.0)
+AE_SHARE = 0.2  # of the time budget (or of the UNet steps, when those are given) for the autoencoder phase
+AE_KL_WEIGHT = 1e-6
 SUMMARY_FILE = "train_summary.json"
 LOG_HEADER = ["step", "images", "loss", "lr", "elapsed_s", "images_per_s"]
 CKPT_FORMAT = "pladis-demo-train/1"
 SEED_LIMIT = 2**63  # torch.manual_seed accepts 0 <= seed < 2**64; per-step seeds are taken mod 2**63
-MODULES = ("unet", "text", "ema_unet", "ema_text")
+MODULES = ("unet", "text", "ema_unet", "ema_text", "vae")
 DEFAULTS = dict(batch_size=256, lr=1e-3, seed=0)
 
 
@@ -94,23 +115,53 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step) % SEED_LIMIT
 
 
-def _batch(step: int, seed: int, batch: int, device, p_uncond: float):
-    g = torch.Generator().manual_seed(step_seed(seed, step))
-    lay = sample_layout(batch, g)
-    caps = [s.caption() for s in layout_specs(lay)]
-    drop = torch.rand(batch, generator=g) < p_uncond
-    caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
-    ids = fast_ids(caps)
-    noise = torch.randn(batch, 12, 16, 16, generator=g)
-    t = torch.randint(0, 1000, (batch,), generator=g)
+def _mover(device):
     cuda = torch.device(device).type == "cuda"
 
     def mv(x):  # pinned + non_blocking: the host never waits for the GPU
         return x.pin_memory().to(device, non_blocking=True) if cuda else x.to(device)
 
-    lay_dev = {k: mv(v) for k, v in lay.items()}
-    x0 = to_latents(render(lay_dev))
-    return x0, mv(ids), mv(noise), mv(t)
+    return mv
+
+
+def _batch(step: int, seed: int, batch: int, device, p_uncond: float, shape=(12, 16, 16), vocab_size=None):
+    """One step's images in [-1, 1] (training split only), caption ids, noise of the latents' ``shape``, timesteps."""
+    g = torch.Generator().manual_seed(step_seed(seed, step))
+    lay = sample_layout(batch, g, split="train")
+    caps = [s.caption() for s in layout_specs(lay)]
+    drop = torch.rand(batch, generator=g) < p_uncond
+    caps = ["" if d else c for c, d in zip(caps, drop.tolist())]
+    ids = fast_ids(caps, vocab_size=vocab_size)
+    noise = torch.randn(batch, *shape, generator=g)
+    t = torch.randint(0, 1000, (batch,), generator=g)
+    mv = _mover(device)
+    images = render({k: mv(v) for k, v in lay.items()}) * 2 - 1
+    return images, mv(ids), mv(noise), mv(t)
+
+
+AE_SEED_SALT = 0xAE  # the autoencoder's data stream differs from the UNet's
+
+
+def _ae_batch(step: int, seed: int, batch: int, device) -> torch.Tensor:
+    g = torch.Generator().manual_seed(step_seed(seed ^ AE_SEED_SALT, step))
+    lay = sample_layout(batch, g, split="train")
+    mv = _mover(device)
+    return render({k: mv(v) for k, v in lay.items()}) * 2 - 1
+
+
+def ae_loss(vae, images: torch.Tensor, sample_generator=None) -> torch.Tensor:
+    """L1 + MSE reconstruction of images in [-1, 1] through a sampled latent, plus a tiny KL term."""
+    post = vae.encode(images).latent_dist
+    rec = vae.decode(post.sample(generator=sample_generator)).sample
+    return F.l1_loss(rec, images) + F.mse_loss(rec, images) + AE_KL_WEIGHT * post.kl().mean()
+
+
+@torch.no_grad()
+def latent_scale(vae, seed: int, device, n: int = 256) -> float:
+    """1 / the standard deviation of the encoder's latents on training images (SD's ``scaling_factor``)."""
+    x = _ae_batch(10**9, seed, n, device)
+    z = vae.encode(x).latent_dist.mode()
+    return float(1.0 / z.float().std().clamp(min=1e-6))
 
 
 def lr_at(step: int, total: int, base: float, warmup: int = 200, final_frac: float = 0.05) -> float:
@@ -170,7 +221,7 @@ def _load_legacy(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     """A ``torch.save`` checkpoint of pladis <= 0.1, read with ``weights_only=True``: tensors and plain data only."""
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
-        tensors = {f"{name}/{k}": v for name in MODULES for k, v in ck[name].items()}
+        tensors = {f"{name}/{k}": v for name in MODULES if name in ck for k, v in ck[name].items()}
         opt_sd = ck["opt"]
         opt_scalars = {}
         for idx, param_state in opt_sd["state"].items():
@@ -260,6 +311,52 @@ def _stop_on_signals():
             signal.signal(s, handler)
 
 
+def _train_autoencoder(
+    vae, opt, out: Path, step: int, total: int | None, seed: int, batch: int, lr: float, dev, stop,
+    deadline: float, log_every: int, progress: bool, save, save_every: int, save_minutes: float,
+) -> tuple[int, int | None, int | None]:  # fmt: skip
+    """The autoencoder phase: returns (step, total, signal that stopped it or None). Fills ``deadline`` if no total."""
+    vae.train()
+    t0, calib_t0, step0, last_save = time.time(), None, step, time.time()
+    loss_sum, loss_n = 0.0, 0
+    with open(out / AE_LOG_FILE, "a", newline="") as log_f:
+        logw = csv.writer(log_f, lineterminator="\n")
+        while total is None or step < total:
+            if stop.signum is not None:
+                return step, total, stop.signum
+            if total is None and step - step0 == 3:
+                calib_t0 = time.time()
+            if total is None and calib_t0 is not None and step - step0 == 13:
+                rate = 10 / (time.time() - calib_t0)
+                total = step + max(1, int(rate * max(0.0, deadline - time.time()) * 0.97))
+                print(f"autoencoder: {rate:.2f} steps/s -> {total} steps")
+            cur_lr = lr_at(step, total or 10**9, lr, warmup=50)
+            for group in opt.param_groups:
+                group["lr"] = cur_lr
+            x = _ae_batch(step, seed, batch, dev)
+            g = torch.Generator(device=x.device).manual_seed(step_seed(seed, step))
+            loss = ae_loss(vae, x, g)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+            opt.step()
+            loss_sum, loss_n, step = loss_sum + loss.item(), loss_n + 1, step + 1
+            if step % log_every == 0 or step == total:
+                run_s = time.time() - t0
+                ips = (step - step0) * batch / max(run_s, 1e-9)
+                logw.writerow(
+                    [step, step * batch, f"{loss_sum / loss_n:.5f}", f"{cur_lr:.2e}", f"{run_s:.1f}", f"{ips:.0f}"]
+                )
+                log_f.flush()
+                if progress:
+                    print(f"autoencoder step {step}/{total} loss {loss_sum / loss_n:.4f} {ips:.0f} img/s", flush=True)
+                loss_sum, loss_n = 0.0, 0
+            if (save_every and step % save_every == 0) or time.time() - last_save > save_minutes * 60:
+                save(step, total)
+                last_save = time.time()
+    return step, total, None
+
+
 def train(
     out_dir: str | Path = "out/demo-train",
     steps: int | None = None,
@@ -279,14 +376,22 @@ def train(
     export: bool = True,
     progress: bool = True,
     config: dict | None = None,
+    ae_steps: int | None = None,
+    ae_batch_size: int = 64,
+    ae_lr: float = 2e-3,
 ) -> dict:
     """Train (or resume) a run in ``out_dir``; returns its summary (``interrupted`` names a signal that stopped it).
 
     ``batch_size``, ``lr`` and ``seed`` default to the checkpoint's values when resuming (else 256, 1e-3, 0);
     giving one that differs from the checkpoint raises :class:`TrainOptionError`. ``config`` replaces
     :func:`~pladis.demo.model.default_config` for a fresh run (e.g. a tiny model for tests).
+    ``ae_steps``: autoencoder steps of a latent model (default: a fifth of ``steps``, or a fifth of the time).
     """
     check_options(steps, max_minutes, batch_size, lr, seed, log_every, save_every, save_minutes)
+    if ae_steps is not None and ae_steps < 0:
+        raise TrainOptionError(f"--ae-steps {ae_steps}: give 0 or more autoencoder steps (or leave it out)")
+    if ae_batch_size < 1:
+        raise TrainOptionError(f"--ae-batch-size {ae_batch_size}: give at least 1 image per step, e.g. 64")
     t_start = time.time()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -334,25 +439,47 @@ def train(
         "unet": copy.deepcopy(unet).eval().requires_grad_(False),
         "text": copy.deepcopy(text).eval().requires_grad_(False),
     }
-    modules = {"unet": unet, "text": text, "ema_unet": ema["unet"], "ema_text": ema["text"]}
+    latent = "vae" in cfg
+    vae = build_vae(cfg).to(dev)
+    ae_opt = torch.optim.AdamW(list(vae.parameters()) or [torch.zeros(1)], lr=ae_lr, weight_decay=0.0)
+    modules = {"unet": unet, "text": text, "ema_unet": ema["unet"], "ema_text": ema["text"], "vae": vae}
     sched = train_scheduler(cfg)
     ac = sched.alphas_cumprod.to(dev)
+    lat_shape = latent_shape(cfg)
+    vocab_size = int(cfg["text"]["vocab_size"])
 
     step, images_seen, total = 0, 0, steps
     elapsed_before, loss_sum, loss_n = 0.0, 0.0, 0
+    phase, ae_step, ae_total = ("ae" if latent else "unet"), 0, ae_steps
     if loaded is not None:
         tensors, header, source = loaded
-        _restore(tensors, header, modules, opt, source)
         st = header["state"]
+        phase = st.get("phase", "unet")
+        _restore(tensors, header, modules, ae_opt if phase == "ae" else opt, source)
         step, images_seen = int(st["step"]), int(st["images_seen"])
         total = steps if steps is not None else st.get("total_steps")
+        ae_step = int(st.get("ae_step", 0))
+        ae_total = ae_steps if ae_steps is not None else st.get("ae_total")
         elapsed_before = float(st.get("elapsed_s", 0.0))
         loss_sum, loss_n = float(st.get("loss_sum", 0.0)), int(st.get("loss_n", 0))
         del tensors
-        print(f"resumed from {source} at step {step} ({images_seen} images)")
-    args = dict(seed=seed, batch_size=batch_size, lr=lr, p_uncond=p_uncond, ema_decay=ema_decay, bf16=use_bf16)
+        print(f"resumed from {source} at step {step} ({images_seen} images, {phase} phase)")
+    if latent and ae_total is None and steps is not None:
+        ae_total = round(AE_SHARE * steps)
+    args = dict(
+        seed=seed,
+        batch_size=batch_size,
+        lr=lr,
+        p_uncond=p_uncond,
+        ema_decay=ema_decay,
+        bf16=use_bf16,
+        ae_batch_size=ae_batch_size,
+        ae_lr=ae_lr,
+    )
     log_path = out / LOG_FILE
     _reset_log(log_path, step if loaded is not None else None)
+    if latent:
+        _reset_log(out / AE_LOG_FILE, ae_step if loaded is not None else None)
 
     loss_acc = torch.zeros((), device=dev)
     t_loop = time.time()
@@ -367,11 +494,47 @@ def train(
             elapsed_s=elapsed_before + time.time() - t_loop,
             loss_sum=loss_sum + float(loss_acc.item()),
             loss_n=loss_n,
+            phase=phase,
+            ae_step=ae_step,
+            ae_total=ae_total,
         )
-        save_checkpoint(ckpt_path, modules, opt, files.json_safe(state))
+        save_checkpoint(ckpt_path, modules, ae_opt if phase == "ae" else opt, files.json_safe(state))
 
     if loaded is None:
         save()  # a fresh run replaces any older checkpoint at once, so the log and checkpoint always agree
+
+    deadline = t_start + max_minutes * 60
+    interrupted = None
+
+    def save_ae(at: int, at_total: int | None) -> None:
+        nonlocal ae_step, ae_total
+        ae_step, ae_total = at, at_total
+        save()
+
+    if phase == "ae":
+        with _stop_on_signals() as stop:
+            ae_step, ae_total, interrupted = _train_autoencoder(
+                vae, ae_opt, out, ae_step, ae_total, seed, ae_batch_size, ae_lr, dev, stop,
+                t_start + AE_SHARE * max_minutes * 60, log_every, progress, save_ae, save_every, save_minutes,
+            )  # fmt: skip
+        if interrupted is None:
+            vae.eval().requires_grad_(False)
+            cfg["vae"]["scaling_factor"] = latent_scale(vae, seed, dev)
+            vae.register_to_config(scaling_factor=cfg["vae"]["scaling_factor"])
+            phase = "unet"
+        save()
+        if interrupted is not None:
+            name = signal.Signals(interrupted).name
+            print(f"{name}: saved {ckpt_path} at autoencoder step {ae_step}; run the same command again to resume")
+            return files.json_safe(dict(steps=step, ae_steps=ae_step, interrupted=name, **args))
+    vae.eval().requires_grad_(False)
+    milestones_done: set[int] = set()
+
+    def export_milestone(at: int) -> None:
+        folder = out / MILESTONES_DIR / f"step_{at:06d}"
+        meta = dict(steps=at, total_steps=total, images_seen=images_seen, seed=seed, ae_steps=ae_step)
+        save_weights(ema["unet"], ema["text"], cfg, folder, meta=meta, vae=vae if latent else None)
+        milestones_done.add(at)
 
     bar = None
     if progress:
@@ -385,9 +548,7 @@ def train(
     last_loss = float("nan")
     step0 = step
     last_save = time.time()
-    deadline = t_start + max_minutes * 60
     calib_t0 = None
-    interrupted = None
     with open(log_path, "a", newline="") as log_f, _stop_on_signals() as stop:
         logw = csv.writer(log_f, lineterminator="\n")
         while total is None or step < total:
@@ -412,7 +573,9 @@ def train(
             cur_lr = lr_at(step, total or 10**9, lr)
             for gparam in opt.param_groups:
                 gparam["lr"] = cur_lr
-            x0, ids, noise, t = _batch(step, seed, batch_size, dev, p_uncond)
+            images, ids, noise, t = _batch(step, seed, batch_size, dev, p_uncond, lat_shape, vocab_size)
+            with torch.no_grad():
+                x0 = encode_latents(vae, images)
             a = ac[t].view(-1, 1, 1, 1)
             xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
             v_target = a.sqrt() * noise - (1 - a).sqrt() * x0
@@ -447,6 +610,8 @@ def train(
                     print(f"step {step} loss {last_loss:.4f} lr {cur_lr:.2e} {ips:.0f} img/s")
             if bar is not None:
                 bar.update(1)
+            if total and step < total and step in {max(1, round(f * total)) for f in MILESTONE_FRACTIONS}:
+                export_milestone(step)
             if (save_every and step % save_every == 0) or time.time() - last_save > save_minutes * 60:
                 save()
                 last_save = time.time()
@@ -459,6 +624,8 @@ def train(
         steps=step,
         total_steps=total,
         images_seen=images_seen,
+        ae_steps=ae_step,
+        ae_images_seen=ae_step * ae_batch_size,
         final_loss=last_loss,
         wall_s=round(wall, 1),
         device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
@@ -469,7 +636,9 @@ def train(
         print(f"{name}: saved {ckpt_path} at step {step}; run the same command again to resume")
         return files.json_safe({**meta, "interrupted": name})
     if export:
-        save_weights(ema["unet"], ema["text"], cfg, out / "weights", meta=meta)
+        save_weights(ema["unet"], ema["text"], cfg, out / "weights", meta=meta, vae=vae if latent else None)
+        if step and step not in milestones_done:
+            export_milestone(step)
     files.write_json(out / SUMMARY_FILE, meta)
     print(files.dumps(meta))
     return files.json_safe(meta)
@@ -483,11 +652,13 @@ VALIDATION_SEED = 2_718_281  # a data stream no training run with a small seed v
 @torch.no_grad()
 def validation_loss(weights_dir: str | Path, n: int = 128, device: str = "cpu") -> float:
     """The v-prediction MSE of exported weights on a fixed batch (the same images, noise and timesteps every time)."""
-    from .model import load_demo_pipeline
+    from .model import load_config, load_demo_pipeline
 
+    cfg = load_config(weights_dir)
     pipe = load_demo_pipeline(weights_dir, device=device)
-    ac = train_scheduler().alphas_cumprod.to(device)
-    x0, ids, noise, _ = _batch(0, VALIDATION_SEED, n, device, p_uncond=0.0)
+    ac = train_scheduler(cfg).alphas_cumprod.to(device)
+    images, ids, noise, _ = _batch(0, VALIDATION_SEED, n, device, 0.0, latent_shape(cfg), cfg["text"]["vocab_size"])
+    x0 = encode_latents(pipe.vae, images)
     t = torch.linspace(20, 980, n, device=device).round().long()  # every noise level, not a random few
     a = ac[t].view(-1, 1, 1, 1)
     xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -506,7 +677,7 @@ def install_weights(src: str | Path, dst: str | Path, force: bool = False, devic
     Refuses an untrained export (0 steps) and one whose :func:`validation_loss` is higher than that of the
     weights already in ``dst``, unless ``force``. Returns both losses (``None`` where not measured).
     """
-    from .model import CONFIG_FILE, TEXT_FILE, UNET_FILE, load_config, weights_available
+    from .model import load_config, weight_files, weights_available
 
     src, dst = Path(src), Path(dst)
     if not weights_available(src):
@@ -530,7 +701,7 @@ def install_weights(src: str | Path, dst: str | Path, force: bool = False, devic
                     f"of the weights in {dst}; not installed (train longer, or pass --force to install anyway)"
                 )
     dst.mkdir(parents=True, exist_ok=True)
-    for name in (UNET_FILE, TEXT_FILE, CONFIG_FILE):  # the config last: it names what the tensors are
+    for name in weight_files(src):  # the config last: it names what the tensors are
         files.atomic_copy(src / name, dst / name)
     return report
 
@@ -550,6 +721,8 @@ def main(argv=None):
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--save-every", type=int, default=1000)
     p.add_argument("--save-minutes", type=float, default=5.0)
+    p.add_argument("--ae-steps", type=int, default=None)
+    p.add_argument("--ae-batch-size", type=int, default=64)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -566,6 +739,8 @@ def main(argv=None):
             save_every=a.save_every,
             save_minutes=a.save_minutes,
             progress=not a.no_progress,
+            ae_steps=a.ae_steps,
+            ae_batch_size=a.ae_batch_size,
         )
     except (TrainOptionError, CheckpointError) as e:
         p.exit(2 if isinstance(e, TrainOptionError) else 1, f"error: {e}\n")
