@@ -13,7 +13,7 @@ import pladis
 from pladis import cli
 from pladis.cli import common, loading
 from pladis.cli import generate as generate_command
-from pladis.compare import DEFAULT_BORDER, grid_layout, labelled_grid
+from pladis.compare import DEFAULT_BORDER, enlarged, grid_layout, labelled_grid
 
 pytestmark = pytest.mark.usefixtures("eager_one_thread")
 
@@ -38,10 +38,15 @@ def generate(model, *args):
 
 
 def panels(path):
-    """The image panels of a --compare grid, found through the layout stored in its PNG metadata."""
+    """The image panels of a --compare grid at the images' own size (SIZE), found through the layout stored in its PNG
+    metadata; a small image is shown enlarged by an integer factor, every pixel a block (checked here)."""
     grid = Image.open(path)
     boxes = json.loads(grid.text["pladis:panels"])
-    return [np.asarray(grid.crop(tuple(box)).convert("RGB")) for box in boxes]
+    shown = [np.asarray(grid.crop(tuple(box)).convert("RGB")) for box in boxes]
+    factor = shown[0].shape[0] // SIZE
+    own = [a[::factor, ::factor] for a in shown]
+    assert all(np.array_equal(a, b.repeat(factor, 0).repeat(factor, 1)) for a, b in zip(shown, own))
+    return own
 
 
 def test_version():
@@ -72,7 +77,7 @@ def test_compare_writes_labelled_side_by_side(model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert out.is_file() and "wrote" in result.stdout
     grid = Image.open(out)
-    assert grid.width == 2 * SIZE + 3 * DEFAULT_BORDER
+    assert grid.width == 2 * enlarged(Image.new("RGB", (SIZE, SIZE))).width + 3 * DEFAULT_BORDER
     stock, pladis_img = panels(out)
     assert stock.shape == pladis_img.shape == (SIZE, SIZE, 3)
     assert not np.array_equal(stock, pladis_img)

@@ -241,7 +241,7 @@ def test_video_pipeline_writes_a_video_and_a_frame_strip(tmp_path_factory, tmp_p
     strip = Image.open(grid)
     stock = np.asarray(strip.crop(tuple(boxes[0][0])), dtype=int)
     pladis_frame = np.asarray(strip.crop(tuple(boxes[1][0])), dtype=int)
-    assert stock.shape == (32, 32, 3) and np.abs(stock - pladis_frame).max() > 0
+    assert stock.shape == (128, 128, 3) and np.abs(stock - pladis_frame).max() > 0  # 32 px frames shown 4x
 
 
 def test_caption_shows_every_flag_that_changes_the_image(sd15_dir, tmp_path):

@@ -77,10 +77,10 @@ def test_each_reference_preset_resolves_to_its_settings(name):
 
 
 def test_every_preset_is_listed_and_describable():
-    assert set(EXPECTED) | {"sd15", "sana", "sd3", "pixart", "wan", "sdxl-turbo-4step"} == set(presets.names())
+    assert set(EXPECTED) | {"sd15", "sana", "sd3", "pixart", "wan", "sdxl-turbo-4step", "demo"} == set(presets.names())
     for name in presets.names():
         data = presets.describe(presets.get(name))
-        assert data["model"].count("/") == 1 and data["pipeline"].endswith("Pipeline")
+        assert (data["model"].count("/") == 1 or data["model"] == "demo") and data["pipeline"].endswith("Pipeline")
     assert presets.get("wan").video and "non-commercial" in presets.get("flux-dev").licence.lower()
 
 
@@ -213,3 +213,23 @@ def test_seg_presets_need_the_seg_module_or_load_it(sdxl_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "pladis.seg", None)  # as if the module did not exist
     with pytest.raises(CLIError, match=r"pladis\.seg"):
         presets.load("sdxl-seg", device="cpu", model=str(sdxl_dir))
+
+
+def test_the_embedded_model_is_a_model_name_for_every_command(tmp_path):
+    """`--preset demo` / `--model demo` load the shipped model through the same path as a Hub model."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pladis import cli, metadata
+
+    out = tmp_path / "demo.png"
+    args = ["generate", "--preset", "demo", "-p", "a red circle left of a blue square", "--steps", "2"]
+    result = CliRunner().invoke(cli.app, [*args, "--device", "cpu", "--compare", str(out)])
+    assert result.exit_code == 0, result.output
+    settings = metadata.read(out)["settings"]
+    assert settings["preset"] == "demo" and settings["steps"] == 2 and settings["guidance"] == 4.0
+    assert Image.open(out).width > 2 * 128  # the 32 px images are shown enlarged
+    result = CliRunner().invoke(cli.app, ["generate", "--model", "demo", "-p", "a red circle", "--steps", "2",
+                                          "--device", "cpu", "--out", str(tmp_path / "m.png")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "m.png").size == (32, 32)

@@ -13,6 +13,7 @@ import pladis
 from pladis import cli, metadata
 from pladis.cli import loading
 from pladis.cli import sweep as sweep_command
+from pladis.compare import enlarged
 
 pytestmark = pytest.mark.usefixtures("eager_one_thread")
 
@@ -71,7 +72,8 @@ def test_sweep_writes_a_labelled_grid_per_seed(model_dir, tmp_path, counted):
     boxes = json.loads(grid.text["pladis:panels"])
     assert [len(row) for row in boxes] == [3, 3]  # rows alpha, columns scale
     cell = {(r, c): np.asarray(grid.crop(tuple(boxes[r][c])), dtype=int) for r in range(2) for c in range(3)}
-    assert all(a.shape == (SIZE, SIZE, 3) for a in cell.values())
+    shown = enlarged(Image.new("RGB", (SIZE, SIZE))).width  # small images are shown enlarged, by an integer factor
+    assert shown >= 128 and all(a.shape == (shown, shown, 3) for a in cell.values())
     assert np.array_equal(cell[0, 0], cell[1, 0])  # scale 0: the stock image in every row
     assert np.abs(cell[0, 1] - cell[1, 1]).max() > 0  # alpha changes the PLADIS image
     assert np.abs(cell[0, 1] - cell[0, 2]).max() > 0  # and so does the scale
@@ -80,7 +82,7 @@ def test_sweep_writes_a_labelled_grid_per_seed(model_dir, tmp_path, counted):
     # labels: the layout of the same rows/labels has them, in the grid's metadata order
     from pladis.compare import grid_layout
 
-    layout = grid_layout([[(SIZE, SIZE)] * 3] * 2, ["α=1.5", "α=2.0"], ["λ=0.0 (stock)", "λ=2.0", "λ=3.0"])
+    layout = grid_layout([[(shown, shown)] * 3] * 2, ["α=1.5", "α=2.0"], ["λ=0.0 (stock)", "λ=2.0", "λ=3.0"])
     assert layout.boxes == [[tuple(b) for b in row] for row in boxes]
 
 

@@ -196,6 +196,18 @@ class GridLayout:
         return grid.crop(self.boxes[row][col])
 
 
+MIN_PANEL = 128  # smaller images are shown enlarged (nearest neighbour, an integer factor) in figures
+
+
+def enlarged(image: Image.Image, min_side: int = MIN_PANEL) -> Image.Image:
+    """``image`` scaled up by the smallest integer factor that makes its shorter side at least ``min_side``
+    (nearest neighbour: every pixel becomes a block, nothing is smoothed); unchanged if it is large enough."""
+    factor = -(-min_side // max(1, min(image.size)))
+    if factor <= 1:
+        return image
+    return image.resize((image.width * factor, image.height * factor), Image.Resampling.NEAREST)
+
+
 def _image_sizes(rows: Sequence[Sequence]) -> list[list[tuple[int, int]]]:
     return [[tuple(im.size) if hasattr(im, "size") else tuple(im) for im in row] for row in rows]
 

@@ -185,11 +185,12 @@ def heatmap(values: np.ndarray, vmax: float | None = None):
 def figure(rows: Sequence[tuple[str, object, dict[str, np.ndarray]]], caption: str | None = None):
     """One row per run (label, image, {word: map}): the image, then one map per word; each word's column shares
     its colour scale across rows so baseline and PLADIS compare directly."""
-    from .compare import labelled_grid
+    from .compare import enlarged, labelled_grid
 
     words = list(rows[0][2])
     tops = {w: max(float(maps[w].max()) for _, _, maps in rows) for w in words}
-    cells = [[image, *(heatmap(maps[w], tops[w]).resize(image.size) for w in words)] for _, image, maps in rows]  # type: ignore[attr-defined]
+    shown = [enlarged(image) for _, image, _ in rows]  # type: ignore[arg-type]
+    cells = [[im, *(heatmap(maps[w], tops[w]).resize(im.size) for w in words)] for im, (_, _, maps) in zip(shown, rows)]
     return labelled_grid(cells, [label for label, _, _ in rows], ["image", *words], caption)
 
 

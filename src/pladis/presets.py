@@ -163,6 +163,9 @@ _TABLE: tuple[Preset, ...] = (
     Preset("pixart", "PixArt-alpha/PixArt-Sigma-XL-2-1024-MS", "PixArtSigmaPipeline",
            "PixArt-Sigma 1024 px with its defaults (not in the reference)", dtype="float16", scale=2.0,
            licence="CreativeML Open RAIL++-M"),
+    Preset("demo", "demo", "StableDiffusionPipeline", "the embedded demo model (pladis/weights; seconds on a CPU), "
+           "20 steps, CFG 4, 32 px", steps=20, guidance=4.0, dtype="float32", scale=2.0,
+           licence="Apache-2.0 (trained by pladis on generated scenes)"),
     Preset("wan", "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "WanPipeline",
            "Wan 2.1 text-to-video 1.3B, 33 frames at 832x480 (not in the reference)", size=(832, 480),
            num_frames=33, guidance=5.0, dtype="bfloat16", scale=2.0, licence="Apache-2.0", video=True),
@@ -231,6 +234,10 @@ def _local_or_cached_json(repo: str, filename: str) -> dict | None:
 
 def base_scheduler_config(preset: Preset) -> tuple[dict | None, str]:
     """The model's own scheduler config and where it came from: the local folder or Hub cache, else the table."""
+    if preset.model == "demo":
+        from pladis.demo.model import load_config
+
+        return {"_class_name": "DPMSolverMultistepScheduler", **load_config()["scheduler"]}, "model"
     config = _local_or_cached_json(preset.model, "scheduler/scheduler_config.json")
     if config is not None:
         return config, "model"

@@ -403,7 +403,7 @@ def write_outputs(stock, image, settings: dict[str, Any], out: Path | None, comp
                   *, fps: int = 16) -> list[str]:  # fmt: skip
     """Write the PLADIS image (or video) and the stock | PLADIS grid; returns a line per file written."""
     from pladis import metadata
-    from pladis.compare import can_write_mp4, frame_strip, grid_layout, labelled_grid, save_image, save_video
+    from pladis.compare import can_write_mp4, enlarged, frame_strip, grid_layout, labelled_grid, save_image, save_video
 
     label = pladis_label(settings["scale"], settings["alpha"])
     chunks = metadata.png_chunks(settings)
@@ -422,11 +422,11 @@ def write_outputs(stock, image, settings: dict[str, Any], out: Path | None, comp
     if compare is not None:
         if video:
             stock_frames, frames = frame_strip(stock), frame_strip(image)
-            rows = [stock_frames, frames]
+            rows = [[enlarged(f) for f in stock_frames], [enlarged(f) for f in frames]]
             row_labels: list[str] | None = ["stock", label]
             col_labels = [f"frame {image.index(f) + 1}/{len(image)}" for f in frames]
         else:
-            rows, row_labels, col_labels = [[stock, image]], None, ["stock", label]
+            rows, row_labels, col_labels = [[enlarged(stock), enlarged(image)]], None, ["stock", label]
         text = caption(settings)
         layout = grid_layout(rows, row_labels, col_labels, text)
         grid = labelled_grid(rows, row_labels, col_labels, text)

@@ -264,8 +264,13 @@ def load_preset_pipeline(preset, *, device: str = "auto", dtype: str | None = No
     import diffusers
 
     check_preset(preset)
-    source, hub_kwargs = _resolve_model(preset.model)
     lora_args = _lora_source(preset) if preset.lora_repo else None
+    if preset.model == DEMO_MODEL:
+        if preset.vae or preset.controlnet or preset.pag_scale:
+            raise CLIError("the embedded demo model takes no --vae, --controlnet or --pag-scale; drop them", 2)
+        device = pick_device(device)
+        return _configure(_load_demo(device, dtype), preset, device, offload, lora_args)
+    source, hub_kwargs = _resolve_model(preset.model)
     vae_args = _repo_source("VAE", preset.vae) if preset.vae else None
     controlnet_args = _repo_source("ControlNet", preset.controlnet) if preset.controlnet else None
     if preset.pipeline is not None and not hasattr(diffusers, preset.pipeline):
@@ -307,21 +312,41 @@ def load_preset_pipeline(preset, *, device: str = "auto", dtype: str | None = No
             )
         if pag and preset.pag_layers:
             _check_pag_layers(pipe, preset.pag_layers)
-        _set_scheduler(pipe, preset.scheduler, dict(preset.scheduler_config))
-        if preset.freeu is not None:
-            if not hasattr(pipe, "enable_freeu"):
-                raise CLIError(f"--freeu: {type(pipe).__name__} has no FreeU (UNet pipelines only); drop --freeu", 2)
-            pipe.enable_freeu(**dict(zip(("s1", "s2", "b1", "b2"), preset.freeu)))
-        if lora_args is not None:
-            _load_lora(pipe, preset, *lora_args)
-        if preset.seg_scale:
-            _enable_seg(pipe, preset)
-        if offload and device != "cpu":
-            pipe.enable_model_cpu_offload(device=device)
-        else:
-            pipe.to(device)
+        return _configure(pipe, preset, device, offload, lora_args)
+
+
+def _configure(pipe, preset, device: str, offload: bool, lora_args):
+    """Scheduler, FreeU, LoRA and SEG of the preset, then the device."""
+    _set_scheduler(pipe, preset.scheduler, dict(preset.scheduler_config))
+    if preset.freeu is not None:
+        if not hasattr(pipe, "enable_freeu"):
+            raise CLIError(f"--freeu: {type(pipe).__name__} has no FreeU (UNet pipelines only); drop --freeu", 2)
+        pipe.enable_freeu(**dict(zip(("s1", "s2", "b1", "b2"), preset.freeu)))
+    if lora_args is not None:
+        _load_lora(pipe, preset, *lora_args)
+    if preset.seg_scale:
+        _enable_seg(pipe, preset)
+    if offload and device != "cpu":
+        pipe.enable_model_cpu_offload(device=device)
+    else:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+DEMO_MODEL = "demo"  # the embedded model (pladis/weights): a model name like a Hub id, for every command
+
+
+def _load_demo(device: str, dtype: str | None):
+    import torch
+
+    from pladis.demo.model import load_demo_pipeline
+
+    torch_dtype = {"float16": torch.float16, "bfloat16": torch.bfloat16}.get(dtype or "", torch.float32)
+    try:
+        return load_demo_pipeline(device=device, dtype=torch_dtype)
+    except FileNotFoundError as e:
+        raise CLIError(str(e)) from None
 
 
 PAG_LAYERS_HINT = (

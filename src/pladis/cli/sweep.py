@@ -137,7 +137,7 @@ def run_sweep(pipe, call_kwargs, prompt, scales, alphas, seeds, out: Path, setti
     rows.  Images an earlier run wrote with the same settings are reused.  Returns the index written."""
     import pladis
     from pladis import metadata
-    from pladis.compare import grid_layout, labelled_grid, save_image
+    from pladis.compare import enlarged, grid_layout, labelled_grid, save_image
     from pladis.files import atomic_write
 
     out = out.expanduser()
@@ -176,7 +176,7 @@ def run_sweep(pipe, call_kwargs, prompt, scales, alphas, seeds, out: Path, setti
                         images[alpha, scale] = image
                         index["images"].append({"seed": seed, "alpha": alpha, "scale": scale,
                                                 "path": path.relative_to(out).as_posix()})  # fmt: skip
-                rows = [[images[a, s] for s in scales] for a in alphas]
+                rows = [[enlarged(images[a, s]) for s in scales] for a in alphas]
                 row_labels = [f"α={fmt(a)}" for a in alphas]
                 col_labels = [f"λ={fmt(s)}" + (" (stock)" if s == 0 else "") for s in scales]
                 text = caption({"prompt": prompt, "seed": seed, **settings})
