@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping, Sequence
@@ -252,7 +253,7 @@ def grid_layout(
     if row_labels:
         max_label_w = max(96, 2 * font_size * 6)  # wrap row labels to a reasonable column
         widest = max(_text_width(font, line) for lbl in row_labels for line in lbl.split("\n"))
-        label_width = int(min(widest, max_label_w)) + pad
+        label_width = math.ceil(min(widest, max_label_w)) + pad  # ceil: a label as wide as the column must not wrap
         row_lines = [wrap_text(lbl, font, label_width - pad) for lbl in row_labels]
         row_heights = [max(h, len(lines) * line_h) for h, lines in zip(row_heights, row_lines)]  # labels fit their row
 
