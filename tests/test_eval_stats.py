@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -59,6 +60,15 @@ def test_prompt_files_and_the_offline_line(tmp_path, monkeypatch):
     assert [(p.text, p.category) for p in load_prompts(str(tmp_path / "p.jsonl"), limit=1)] == [("a cow", "x")]
     demo = load_prompts("demo:10")
     assert len(demo) == 10 and {p.category for p in demo} == {"single", "position", "relation", "and", "count"}
+    from pladis.demo.scenes import benchmark_prompts
+
+    for split in ("seen", "heldout", "validation"):  # the embedded benchmark's splits, as scenes draws them
+        expected = [s.caption() for s in benchmark_prompts(6, split=split)]
+        assert [p.text for p in load_prompts(f"demo:{split}:6")] == expected
+    assert [p.text for p in load_prompts("demo:6")] == [p.text for p in load_prompts("demo:seen:6")]
+    for bad, fragment in (("demo:train:5", "unknown demo split"), ("demo:5:5", "demo[:SPLIT][:N]"), ("demo:0", ">= 1")):
+        with pytest.raises(PromptError, match=re.escape(fragment)):
+            load_prompts(bad)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PromptError) as err:
         load_prompts("drawbench")

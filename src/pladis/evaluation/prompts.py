@@ -1,7 +1,7 @@
 """Prompt sets: the paper's benchmarks from their public Hugging Face datasets, local files, or the demo set.
 
 ``--prompts NAME`` takes one of :data:`HUB_SETS` (needs the network once; the resolved list is saved in the run
-folder, so resuming and scoring work offline), ``demo`` / ``demo:N`` (the embedded model's balanced benchmark
+folder, so resuming and scoring work offline), ``demo`` / ``demo:N`` / ``demo:heldout:N`` / ``demo:validation:N`` (the embedded model's balanced benchmark
 captions, with their kind as category), or a local ``.txt`` (one prompt per line), ``.csv`` (a ``prompt`` column,
 optional ``category``) or ``.jsonl`` (objects with ``prompt`` and optional ``category``) file.
 """
@@ -151,20 +151,36 @@ def _from_file(path: Path) -> list[tuple[str, str | None]]:
     raise PromptError(f"--prompts {path}: use a .txt, .csv or .jsonl file")
 
 
-def _demo(n: int) -> list[tuple[str, str | None]]:
+DEMO_SPLITS = ("seen", "heldout", "validation")
+
+
+def _demo_source(source: str) -> tuple[str, int | None] | None:
+    """``demo[:SPLIT][:N]`` -> (split, N or None); None if ``source`` is not of that form."""
+    name, *rest = source.split(":")
+    if name != "demo":
+        return None
+    split = rest.pop(0) if rest and not rest[0].isdigit() else "seen"
+    count = rest.pop(0) if rest else None
+    if rest or (count is not None and not count.isdigit()):
+        raise PromptError(f"--prompts {source!r}: use demo[:SPLIT][:N], e.g. demo:200 or demo:heldout:100")
+    if split not in DEMO_SPLITS:
+        raise PromptError(f"--prompts {source!r}: unknown demo split {split!r}; use one of {', '.join(DEMO_SPLITS)}")
+    if count is not None and int(count) < 1:
+        raise PromptError(f"--prompts {source!r}: use demo[:SPLIT]:N with N >= 1 prompts")
+    return split, int(count) if count is not None else None
+
+
+def _demo(n: int, split: str = "seen") -> list[tuple[str, str | None]]:
+    """The embedded model's benchmark: seen compositions, held-out ones, or the validation set (for choosing
+    settings; its own seed stream). The category is the prompt's kind, and held-out for held-out compositions."""
     from pladis.demo.scenes import benchmark_prompts
 
-    return [(s.caption(), s.kind) for s in benchmark_prompts(n)]
+    return [(s.caption(), s.kind) for s in benchmark_prompts(n, split=split)]
 
 
 def check_source(source: str) -> None:
     """Fail fast (before any model loads) on a prompt source that cannot be right."""
-    if source in HUB_SETS or source == "demo":
-        return
-    if source.startswith("demo:"):
-        tail = source[5:]
-        if not tail.isdigit() or int(tail) < 1:
-            raise PromptError(f"--prompts {source!r}: use demo or demo:N with N >= 1 prompts")
+    if source in HUB_SETS or _demo_source(source) is not None:
         return
     path = Path(source).expanduser()
     if not path.is_file():
@@ -177,9 +193,10 @@ def check_source(source: str) -> None:
 def load_prompts(source: str, limit: int | None = None, seed: int = 0) -> list[Prompt]:
     """The prompts of ``source`` (a set name, ``demo[:N]`` or a file), at most ``limit``, indexed from 0."""
     check_source(source)
-    if source == "demo" or source.startswith("demo:"):
-        n = int(source[5:]) if source.startswith("demo:") else (limit or DEMO_DEFAULT_N)
-        pairs = _demo(n)
+    demo = _demo_source(source)
+    if demo is not None:
+        split, count = demo
+        pairs = _demo(count or limit or DEMO_DEFAULT_N, split)
     elif source in HUB_SETS:
         hub = HUB_SETS[source]
         pairs = _from_rows(_rows_from_hub(source, hub), f"{hub.repo}", hub.column, hub.category)
