@@ -33,9 +33,14 @@ from .kernels import Fusable
 
 SOFTMAX = 0  # kind of alpha = 1
 ANY = -1  # kind of a non-integer k = 1 / (alpha - 1) < 2 (alpha > 1.5); -2: 2 < k < 4; -3: k > 4 (alpha < 1.25)
-STEPS = {1: 7, 2: 5, 3: 5, 4: 5, -1: 7, -2: 5, -3: 4}  # Newton steps per kind for rows of <= 128 keys
+STEPS = {1: 7, 2: 5, 3: 5, 4: 5}  # Newton steps per integer kind for rows of <= 128 keys
 LONG_ROW, LONG_ROW_STEPS = 128, 2  # longer rows take 2 more steps (tests/test_entmax.py: hard rows up to 1024)
+# Newton steps of the non-integer kinds before the corrected output (module docstring), per bucket of row length:
+# rows of <= 96 keys (text cross-attention: 77), <= 512 keys (PixArt, FLUX, the Triton kernel's limit), longer.
+ANY_ROW_BUCKETS = (96, 512)
+ANY_STEPS = {-1: (4, 7, 10), -2: (3, 4, 4), -3: (2, 2, 3)}
 STEPS_FLOAT64 = 3  # extra steps in float64, whose target precision is 1e-15 rather than 1e-7
+_INV_LN2 = 1.0 / math.log(2.0)
 
 
 def check_alpha(alpha: float) -> float:
@@ -74,10 +79,13 @@ def masked_softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def _powers(w: torch.Tensor, k: torch.Tensor, kind: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d^(k-1), d^k) for d = (1 + w)_+, w >= -1 (w = -inf on masked entries)."""
-    if kind < 0:  # k > 1 here, so exp(-inf * (k - 1)) = 0 on entries outside the support
-        log_d = torch.log1p(w.clamp_min(-1.0))
-        lower = torch.exp(log_d * (k - 1))
+    """(d^(k-1), d^k) for d = (1 + w)_+, w <= 0 (w = -inf on masked entries)."""
+    if kind < 0:
+        # d^(k-1) = 2^((k-1) log2 d), log2 d taken from the rounded u = fl(1 + w) plus the rounding error
+        # w - (u - 1) (exact), so that d^(k-1) keeps w's precision as alpha -> 1 (k large) like log1p would, at a
+        # lower cost. Outside the support (and on masked entries) log2 d is -inf or huge: d^(k-1) = 0 (k > 1).
+        u = (1 + w).clamp_min(torch.finfo(w.dtype).tiny)
+        lower = torch.exp2((torch.log2(u) + (w - (u - 1)) / u * _INV_LN2) * (k - 1))
         return lower, lower * (1 + w).clamp_min(0)
     d = (1 + w).clamp_min(0)
     if kind == 1:
@@ -93,6 +101,13 @@ def _shifted(x: torch.Tensor, inv_temperature: torch.Tensor) -> torch.Tensor:
     top = x.amax(-1, keepdim=True)
     top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
     return (x - top) * inv_temperature
+
+
+def _newton_delta(mass: torch.Tensor, slope: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Newton step on ||d||_k - 1 in units of d: (M - M^(1 - 1/k)) / sum d^(k-1), M = sum d^k; 0 on empty rows."""
+    tiny = torch.finfo(mass.dtype).tiny
+    norm_part = torch.exp2((1 - 1 / k) * torch.log2(mass.clamp_min(tiny)))
+    return torch.where(slope > 0, (mass - norm_part) / slope.clamp_min(tiny), 0.0)
 
 
 def solve(y: torch.Tensor, a: torch.Tensor, kind: int, steps: int) -> torch.Tensor:
@@ -111,26 +126,31 @@ def solve(y: torch.Tensor, a: torch.Tensor, kind: int, steps: int) -> torch.Tens
             delta = (mass - 1) / (slope + root).clamp_min(torch.finfo(y.dtype).tiny)
         elif kind == 1:  # exact on the support (h is linear there)
             delta = (mass - 1) / slope.clamp_min(1)
-        else:  # Newton on ||d||_k - 1: delta = (M - M^(1 - 1/k)) / sum d^(k-1)
-            norm_part = mass.sqrt() if kind == 2 else torch.exp((1 - 1 / k) * torch.log(mass))
-            delta = torch.where(slope > 0, (mass - norm_part) / slope.clamp_min(torch.finfo(y.dtype).tiny), 0.0)
+        elif kind == 2:
+            delta = torch.where(slope > 0, (mass - mass.sqrt()) / slope.clamp_min(torch.finfo(y.dtype).tiny), 0.0)
+        else:
+            delta = _newton_delta(mass, slope, k)
         t = t + delta / a
     return t
 
 
 def probabilities(y: torch.Tensor, t: torch.Tensor, a: torch.Tensor, kind: int) -> torch.Tensor:
-    w = a * (y - t)
-    if kind < 0:
-        p = torch.exp(torch.log1p(w.clamp_min(-1.0)) / a)
-    else:
-        p = _powers(w, 1.0 / a, kind)[1]
+    k = 1.0 / a
+    lower, p = _powers(a * (y - t), k, kind)
+    if kind < 0:  # one more Newton step, taken to first order on the powers themselves (module docstring)
+        delta = _newton_delta(p.sum(-1, keepdim=True), lower.sum(-1, keepdim=True), k)
+        p = (p - (k * delta) * lower).clamp_min(0)
     total = p.sum(-1, keepdim=True)
     return p / torch.where(total > 0, total, torch.ones_like(total))
 
 
 def steps_for(kind: int, dtype: torch.dtype, n: int) -> int:
-    """Newton steps for rows of n entries (under torch.compile, n > 128 is a shape guard: two graphs at most)."""
-    return STEPS[kind] + (LONG_ROW_STEPS if n > LONG_ROW else 0) + (STEPS_FLOAT64 if dtype == torch.float64 else 0)
+    """Newton steps for rows of n entries (under torch.compile, the row-length buckets are shape guards: at most two
+    graphs per integer kind and three per other kind, per dtype)."""
+    extra = STEPS_FLOAT64 if dtype == torch.float64 else 0
+    if kind < 0:
+        return ANY_STEPS[kind][sum(n > bound for bound in ANY_ROW_BUCKETS)] + extra
+    return STEPS[kind] + (LONG_ROW_STEPS if n > LONG_ROW else 0) + extra
 
 
 def entmax_map(x: torch.Tensor, a: torch.Tensor, inv_temperature: torch.Tensor, kind: int) -> torch.Tensor:
