@@ -153,8 +153,14 @@ if triton is not None:
                 p = d * d * d
             elif KIND == 4:
                 p = d * d * d * d
-            else:
-                p = tl.where(d > 0, tl.exp2(tl.log2(tl.maximum(d, 1e-38)) / a), 0.0)
+            else:  # one more Newton step, to first order on the powers (as `pladis.entmax.probabilities`)
+                lower = tl.where(d > 0, tl.exp2(tl.log2(tl.maximum(d, 1e-38)) * (1.0 / a - 1.0)), 0.0)
+                p = lower * d
+                mass = tl.sum(p, 1)
+                slope = tl.sum(lower, 1)
+                norm_part = tl.exp2(tl.log2(tl.maximum(mass, 1e-38)) * (1.0 - a))
+                delta = tl.where(slope > 0, (mass - norm_part) / tl.maximum(slope, 1e-38), 0.0)
+                p = tl.maximum(p - (delta / a)[:, None] * lower, 0.0)
             p_total = tl.sum(p, 1)
             sparse = p / tl.where(p_total > 0, p_total, 1.0)[:, None]
 
