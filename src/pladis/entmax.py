@@ -7,7 +7,7 @@ The solve works per row with a fixed number of passes, no sorting, no host round
 
 * Variables. With a = alpha - 1, k = 1/a, y = x - max(x) <= 0 and tau = a t - 1 (t >= 0), each entry is
   d_i = 1 + a (y_i - t), p_i = (d_i)_+^k. Integer k: powers as products. Other k: d^(k-1) = 2^((k-1) log2 d), with
-  the rounding error of fl(1 + a (y - t)) added back into log2 d for k > 2 (alpha -> 1 needs w's precision, as log1p
+  the rounding error of fl(1 + a (y - t)) added back into log2 d for k > 4 (alpha -> 1 needs w's precision, as log1p
   would give, at a lower cost); d^k = d^(k-1) d.
 * Newton on the k-norm. h(t) = ||(d)_+||_k - 1 is convex and decreasing in t (a monotone norm of convex functions
   of t). Hence (a) from any t with h'(t) < 0, one Newton step lands at or below the root (the tangent lies under h),
@@ -20,11 +20,20 @@ The solve works per row with a fixed number of passes, no sorting, no host round
   mass: the output needs e ~ (1e-7 / m)^(1/k) there, not e ~ 1e-7. On a fixed support with equal entries h is linear (one step).
 * Start. tau_0 = max(-1, mean(z) - n^(-1/k)) is below the root (power-mean inequality; z = a y over the n finite
   entries).
+* Cheap steps (torch path, non-integer k). log2 and exp2 cost about as much as a softmax each pass, so the first
+  steps use a stand-in: d^k = s^(qk) with s = d^(1/q) (square roots; q = 4 for k < 2, 2 for 2 < k < 4), as the
+  degree-6 polynomial interpolating it at Chebyshev nodes of [0, 1], coefficients computed from k at run time;
+  d^(k-1) = that / d. qk lies in (4, 8), where that polynomial is within 1e-5 of the power for qk < 6 and 6e-4 as
+  qk -> 8, so these steps come close to the root of a slightly different function; the exact steps then finish from there (by (a) above, the
+  first of them lands at or below the root wherever the cheap steps left t, and a cap keeps t under the root's
+  upper bound (1 - n^(-1/k)) / a, where the top entry is still in the support). k > 4 (alpha < 1.25) takes no cheap
+  step (s^(qk) would need q growing with k). The Triton kernel, where transcendentals are cheap, runs exact steps
+  only (`steps_for`).
 * Output. The last evaluation (at t_s, after s steps) yields d^(k-1) and d^k together with the next Newton step
   delta; the output takes that step to first order on the powers themselves, p = (d^k - k delta d^(k-1))_+,
   renormalised: the error of a full extra step (O(delta^2 d^(k-2)) inside the support, O(delta^k) at its boundary)
   without a further evaluation. For alpha = 2 and 1.5 the last step is the closed form on the found support instead.
-* Pass counts (`STEPS`, `ANY_STEPS`). The bound above fixes the shape of the worst rows but not a usable constant
+* Pass counts (`STEPS`, `ANY_STEPS`, `ANY_SPLIT`). The bound above fixes the shape of the worst rows but not a usable constant
   (with m entries at the boundary and k -> 1 the linear rate is the only guarantee), so the counts are the least
   that make the adversarial family of tests/test_entmax.py exact, float32 within 1e-6 and float64 within 1e-12
   against a float64 bisection: every entry but one to three tied exactly at or within 1e-7 .. 0.1 of the boundary
@@ -56,7 +65,9 @@ LONG_ROW, LONG_ROW_STEPS = 128, 2  # longer rows take 2 more steps (tests/test_e
 # Newton steps of the non-integer kinds before the corrected output (module docstring), per bucket of row length:
 # rows of <= 96 keys (text cross-attention: 77), <= 512 keys (PixArt, FLUX, the Triton kernel's limit), longer.
 ANY_ROW_BUCKETS = (96, 512)
-ANY_STEPS = {-1: (4, 7, 10), -2: (3, 4, 4), -3: (2, 2, 4)}
+ANY_STEPS = {-1: (4, 7, 10), -2: (3, 4, 4), -3: (2, 2, 4)}  # exact steps only (the Triton kernel)
+# the torch path: (cheap, exact) steps, cheap ones on a polynomial stand-in for the powers (module docstring)
+ANY_SPLIT = {-1: ((2, 2), (3, 4), (3, 6)), -2: ((2, 1), (2, 2), (2, 2)), -3: ((0, 2), (0, 2), (0, 4))}
 STEPS_FLOAT64 = 3  # extra steps in float64, whose target precision is 1e-15 rather than 1e-7
 _INV_LN2 = 1.0 / math.log(2.0)
 
@@ -101,10 +112,10 @@ def _powers(w: torch.Tensor, k: torch.Tensor, kind: int) -> tuple[torch.Tensor, 
     d = (1 + w).clamp_min(0)
     if kind < 0:  # d^(k-1) = 2^((k-1) log2 d): 0 outside the support (log2 0 = -inf, k > 1)
         log_d = torch.log2(d)
-        if kind != ANY:
-            # k > 2: log2 d gets the rounding error of d = fl(1 + w), w - (d - 1) (exact), so that d^(k-1) keeps
-            # w's precision as alpha -> 1 (k large), like log1p would, at a lower cost. For k < 2 that error moves
-            # a probability by at most k 2^-24 < 1.2e-7 and is not worth a division.
+        if kind == -3:
+            # k > 4: log2 d gets the rounding error of d = fl(1 + w), w - (d - 1) (exact), so that d^(k-1) keeps
+            # w's precision as alpha -> 1 (k large), like log1p would, at a lower cost. For k < 4 that error moves
+            # a probability by at most k 2^-24 < 2.4e-7 and is not worth a division.
             log_d = log_d + torch.where(d > 0, (w - (d - 1)) / d, 0.0) * _INV_LN2
         lower = torch.exp2(log_d * (k - 1))
         return lower, lower * d
@@ -130,13 +141,39 @@ def _newton_delta(mass: torch.Tensor, slope: torch.Tensor, k: torch.Tensor) -> t
     return torch.where(slope > 0, (mass - norm_part) / slope.clamp_min(tiny), 0.0)
 
 
-def solve(y: torch.Tensor, a: torch.Tensor, kind: int, steps: int) -> torch.Tensor:
-    """t per row (tau = a t - 1) for shifted rows y, by `steps` Newton steps on the k-norm (module docstring)."""
+_CHEAP_DEGREE = 6
+_CHEAP_NODES = (1 + torch.cos(math.pi * (torch.arange(_CHEAP_DEGREE + 1, dtype=torch.float64) + 0.5) / 7)) / 2
+_CHEAP_FIT = torch.linalg.inv(_CHEAP_NODES[:, None] ** torch.arange(_CHEAP_DEGREE + 1, dtype=torch.float64))
+
+
+def _cheap_powers(w: torch.Tensor, k: torch.Tensor, kind: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d^(k-1), d^k) approximately, for the first steps: d^k = s^(qk), s = d^(1/q) (q = 4 for k < 2, else 2), as
+    the polynomial interpolating it at Chebyshev nodes of [0, 1] (coefficients from k at run time: no recompile
+    per alpha). qk is in (4, 8): smooth enough for a degree-6 polynomial."""
+    q = 4 if kind == ANY else 2
+    coef = (_CHEAP_FIT.to(w.device) @ _CHEAP_NODES.to(w.device) ** (q * k.to(torch.float64))).to(w.dtype)
+    d = (1 + w).clamp_min(0)
+    s = d.sqrt().sqrt() if q == 4 else d.sqrt()
+    power = coef[_CHEAP_DEGREE]
+    for i in range(_CHEAP_DEGREE - 1, -1, -1):
+        power = power * s + coef[i]
+    power = torch.where(d > 0, power.clamp_min(0), 0.0)
+    return torch.where(d > 0, power / d.clamp_min(torch.finfo(d.dtype).tiny), 0.0), power
+
+
+def solve(y: torch.Tensor, a: torch.Tensor, kind: int, steps: int, cheap: int = 0) -> torch.Tensor:
+    """t per row (tau = a t - 1) for shifted rows y, by `cheap` approximate and `steps` exact Newton steps on the
+    k-norm (module docstring)."""
     k = 1.0 / a
     finite = torch.isfinite(y)
     n = finite.to(y.dtype).sum(-1, keepdim=True).clamp_min(1)
     mean = torch.where(finite, y, torch.zeros_like(y)).sum(-1, keepdim=True) / n
     t = (mean - torch.expm1(-a * torch.log(n)) / a).clamp_min(0)  # tau_0 = max(-1, mean(z) - n^(-1/k))
+    top = -torch.expm1(-a * torch.log(n)) / a  # the root's upper bound: the top entry has d >= n^(-1/k)
+    for _ in range(cheap):
+        lower, power = _cheap_powers(a * (y - t), k, kind)
+        delta = _newton_delta(power.sum(-1, keepdim=True), lower.sum(-1, keepdim=True), k)
+        t = torch.minimum(t + delta / a, top)
     for step in range(steps):
         lower, power = _powers(a * (y - t), k, kind)
         mass, slope = power.sum(-1, keepdim=True), lower.sum(-1, keepdim=True)
@@ -164,13 +201,26 @@ def probabilities(y: torch.Tensor, t: torch.Tensor, a: torch.Tensor, kind: int) 
     return p / torch.where(total > 0, total, torch.ones_like(total))
 
 
+def _bucket(n: int) -> int:
+    return sum(n > bound for bound in ANY_ROW_BUCKETS)
+
+
 def steps_for(kind: int, dtype: torch.dtype, n: int) -> int:
-    """Newton steps for rows of n entries (under torch.compile, the row-length buckets are shape guards: at most two
-    graphs per integer kind and three per other kind, per dtype)."""
+    """Exact Newton steps for rows of n entries, without cheap steps (the Triton kernel's count). Under
+    torch.compile, the row-length buckets are shape guards: at most two graphs per integer kind and three per other
+    kind, per dtype."""
     extra = STEPS_FLOAT64 if dtype == torch.float64 else 0
     if kind < 0:
-        return ANY_STEPS[kind][sum(n > bound for bound in ANY_ROW_BUCKETS)] + extra
+        return ANY_STEPS[kind][_bucket(n)] + extra
     return STEPS[kind] + (LONG_ROW_STEPS if n > LONG_ROW else 0) + extra
+
+
+def split_for(kind: int, dtype: torch.dtype, n: int) -> tuple[int, int]:
+    """(cheap, exact) Newton steps of the torch path for rows of n entries."""
+    if kind >= 0:
+        return 0, steps_for(kind, dtype, n)
+    cheap, exact = ANY_SPLIT[kind][_bucket(n)]
+    return cheap, exact + (STEPS_FLOAT64 if dtype == torch.float64 else 0)
 
 
 def entmax_map(x: torch.Tensor, a: torch.Tensor, inv_temperature: torch.Tensor, kind: int) -> torch.Tensor:
@@ -179,7 +229,8 @@ def entmax_map(x: torch.Tensor, a: torch.Tensor, inv_temperature: torch.Tensor, 
     y = _shifted(x, inv_temperature)
     if kind == SOFTMAX:
         return masked_softmax(y)
-    return probabilities(y, solve(y, a, kind, steps_for(kind, x.dtype, x.shape[-1])), a, kind)
+    cheap, exact = split_for(kind, x.dtype, x.shape[-1])
+    return probabilities(y, solve(y, a, kind, exact, cheap), a, kind)
 
 
 def mixed_map(
