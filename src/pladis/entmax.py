@@ -146,12 +146,24 @@ _CHEAP_NODES = (1 + torch.cos(math.pi * (torch.arange(_CHEAP_DEGREE + 1, dtype=t
 _CHEAP_FIT = torch.linalg.inv(_CHEAP_NODES[:, None] ** torch.arange(_CHEAP_DEGREE + 1, dtype=torch.float64))
 
 
+_cheap_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _cheap_tables(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The interpolation tables on `device`, copied there once (no host-to-device copy per call)."""
+    tables = _cheap_cache.get(device)
+    if tables is None:
+        tables = _cheap_cache[device] = (_CHEAP_FIT.to(device), _CHEAP_NODES.to(device))
+    return tables
+
+
 def _cheap_powers(w: torch.Tensor, k: torch.Tensor, kind: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(d^(k-1), d^k) approximately, for the first steps: d^k = s^(qk), s = d^(1/q) (q = 4 for k < 2, else 2), as
     the polynomial interpolating it at Chebyshev nodes of [0, 1] (coefficients from k at run time: no recompile
     per alpha). qk is in (4, 8): smooth enough for a degree-6 polynomial."""
     q = 4 if kind == ANY else 2
-    coef = (_CHEAP_FIT.to(w.device) @ _CHEAP_NODES.to(w.device) ** (q * k.to(torch.float64))).to(w.dtype)
+    fit, nodes = _cheap_tables(w.device)
+    coef = (fit @ nodes ** (q * k.to(torch.float64))).to(w.dtype)
     d = (1 + w).clamp_min(0)
     s = d.sqrt().sqrt() if q == 4 else d.sqrt()
     power = coef[_CHEAP_DEGREE]

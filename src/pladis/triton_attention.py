@@ -2,8 +2,9 @@
 
 Per (batch, head, tile of BLOCK_M queries) the kernel computes S = Q K^T * softmax_scale in float32 from fp16, bf16
 or fp32 inputs, applies the mask, then in registers: the dense softmax of each row, its alpha-entmax of
-S / temperature (the same fixed-pass Newton solve as `pladis.entmax`, alpha and temperature as runtime arguments:
-no recompile per value), the PLADIS map (1 - lambda) softmax + lambda entmax, and its product with V. Only the
+S / temperature (the fixed-pass Newton solve of `pladis.entmax` with exact steps only, `steps_for`: no cheap
+polynomial steps, transcendentals being cheap on a GPU; alpha and temperature as runtime arguments: no recompile
+per value), the PLADIS map (1 - lambda) softmax + lambda entmax, and its product with V. Only the
 output is written: S and the map never reach global memory, and nothing returns to the host.
 
 All keys of a row sit in one tile, so the kernel takes at most MAX_KEYS (512) keys, which covers text
