@@ -2,8 +2,9 @@
 
 Per (batch, head, tile of BLOCK_M queries) the kernel computes S = Q K^T * softmax_scale in float32 from fp16, bf16
 or fp32 inputs, applies the mask, then in registers: the dense softmax of each row, its alpha-entmax of
-S / temperature (the same fixed-pass Newton solve as `pladis.entmax`, alpha and temperature as runtime arguments:
-no recompile per value), the PLADIS map (1 - lambda) softmax + lambda entmax, and its product with V. Only the
+S / temperature (the fixed-pass Newton solve of `pladis.entmax` with exact steps only, `steps_for`: no cheap
+polynomial steps, transcendentals being cheap on a GPU; alpha and temperature as runtime arguments: no recompile
+per value), the PLADIS map (1 - lambda) softmax + lambda entmax, and its product with V. Only the
 output is written: S and the map never reach global memory, and nothing returns to the host.
 
 All keys of a row sit in one tile, so the kernel takes at most MAX_KEYS (512) keys, which covers text
@@ -153,8 +154,14 @@ if triton is not None:
                 p = d * d * d
             elif KIND == 4:
                 p = d * d * d * d
-            else:
-                p = tl.where(d > 0, tl.exp2(tl.log2(tl.maximum(d, 1e-38)) / a), 0.0)
+            else:  # one more Newton step, to first order on the powers (as `pladis.entmax.probabilities`)
+                lower = tl.where(d > 0, tl.exp2(tl.log2(tl.maximum(d, 1e-38)) * (1.0 / a - 1.0)), 0.0)
+                p = lower * d
+                mass = tl.sum(p, 1)
+                slope = tl.sum(lower, 1)
+                norm_part = tl.exp2(tl.log2(tl.maximum(mass, 1e-38)) * (1.0 - a))
+                delta = tl.where(slope > 0, (mass - norm_part) / tl.maximum(slope, 1e-38), 0.0)
+                p = tl.maximum(p - (delta / a)[:, None] * lower, 0.0)
             p_total = tl.sum(p, 1)
             sparse = p / tl.where(p_total > 0, p_total, 1.0)[:, None]
 
