@@ -65,6 +65,26 @@ def test_running_sums_match_every_map_and_leave_the_image_unchanged(name, scale)
         assert np.all(heat["dog"] >= 0)
 
 
+def test_classic_softmax_processor_records_the_same_stock_maps():
+    """The classic AttnProcessor builds its map with a softmax (not SDPA): recorded there, the stock sums equal the
+    SDPA processor's, and the image is left as it was."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    sums = []
+    for classic in (False, True):
+        pipe = tiny_unet.tiny_sd15_pipeline("ddim")
+        if classic:
+            pipe.unet.set_attn_processor(AttnProcessor())
+        pladis.apply(pipe, scale=0.0)
+        plain = run(pipe, {})
+        with pladis_maps.record_maps(pipe, pladis_maps.token_positions(pipe, PROMPT, ["dog"])) as maps:
+            assert np.array_equal(run(pipe, {}), plain)
+        sums.append(maps.sums)
+    assert set(sums[0]) == set(sums[1]) and sums[0]
+    for layer in sums[0]:
+        torch.testing.assert_close(sums[1][layer], sums[0][layer], rtol=1e-4, atol=1e-5)
+
+
 def test_pladis_sharpens_the_maps_and_keys_do_not_collide():
     """On FLUX the recorded maps differ between scale 0 and 2, and joint keys keep their component prefix."""
     pipe = tiny_transformers.tiny_flux_pipeline()

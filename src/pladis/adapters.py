@@ -236,12 +236,13 @@ _SOFTMAX = (torch.Tensor.softmax, torch.softmax, F.softmax)
 
 
 class AttentionInterceptor(TorchFunctionMode):
-    """Answers the processor's text attention with PLADIS: its `call`-th attention (an SDPA call, or the softmax of
-    a map it builds itself; every softmax when `all_softmax`), while everything else runs as it is."""
+    """Hands the processor's text attention to `sdpa` / `softmax`: its `call`-th attention (an SDPA call, or the
+    softmax of a map it builds itself; every softmax when `all_softmax`), while everything else runs as it is.
+    `softmax(func, args, kwargs)` answers an intercepted softmax call."""
 
-    def __init__(self, sdpa: Callable, weights: Callable, call: int = 0, all_softmax: bool = False):
+    def __init__(self, sdpa: Callable, softmax: Callable, call: int = 0, all_softmax: bool = False):
         super().__init__()
-        self.sdpa, self.weights, self.call, self.all_softmax = sdpa, weights, call, all_softmax
+        self.sdpa, self.softmax, self.call, self.all_softmax = sdpa, softmax, call, all_softmax
         self.calls = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -253,9 +254,18 @@ class AttentionInterceptor(TorchFunctionMode):
         elif func in _SOFTMAX and kwargs.get("dim", args[1] if len(args) > 1 else None) in (-1, args[0].dim() - 1):
             self.calls += 1
             if self.all_softmax or self.calls == self.call + 1:
-                scores = args[0]
-                return self.weights(scores.to(compute_dtype(scores.dtype))).to(scores.dtype)
+                return self.softmax(func, args, kwargs)
         return func(*args, **kwargs)
+
+
+def _replacing_softmax(weights: Callable) -> Callable:
+    """An intercepted softmax answered by `weights` (the PLADIS map) of its fp32 scores."""
+
+    def softmax(func, args, kwargs):
+        scores = args[0]
+        return weights(scores.to(compute_dtype(scores.dtype))).to(scores.dtype)
+
+    return softmax
 
 
 def native_attention(attend: SDPA, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
@@ -330,7 +340,9 @@ class AttentionHook(ModelHook):
         sdpa, weights = self.attend.bind(args, kwargs)
         if processor in NATIVE_PROCESSORS and isinstance(self.attend, CrossAttend) and self.attend.sdpa_call == 0:
             return native_attention(sdpa, module, *args, **_native_kwargs(kwargs))
-        interceptor = AttentionInterceptor(sdpa, weights, self.attend.sdpa_call, processor in MAP_PROCESSORS)
+        interceptor = AttentionInterceptor(
+            sdpa, _replacing_softmax(weights), self.attend.sdpa_call, processor in MAP_PROCESSORS
+        )
         with interceptor:
             out = original(*args, **kwargs)
         if interceptor.calls <= self.attend.sdpa_call:
@@ -363,37 +375,15 @@ class AttentionHook(ModelHook):
                 query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale, **extra
             )
 
-        def record_softmax(weights: torch.Tensor) -> None:  # the classic processor's (batch * heads, Lq, Lk) map
+        def record_softmax(func, args, kwargs) -> torch.Tensor:  # the classic processor's (batch * heads, Lq, Lk) map
+            weights = func(*args, **kwargs)
             assert settings.recorder is not None
-            mapped = weights.reshape(-1, heads, *weights.shape[-2:])
+            mapped = weights.detach().reshape(-1, heads, *weights.shape[-2:])
             settings.recorder(name, mapped.float(), mapped.float().log(), text_of(weights.shape[-1]))
+            return weights
 
-        recorder = StockRecorder(record_sdpa, record_softmax, self.attend.sdpa_call)
-        with recorder:
+        with AttentionInterceptor(record_sdpa, record_softmax, self.attend.sdpa_call):
             return self.fn_ref.original_forward(*args, **kwargs)
-
-
-class StockRecorder(TorchFunctionMode):
-    """Lets the processor run as it is, recording its text attention: the `call`-th SDPA call or softmax."""
-
-    def __init__(self, sdpa: Callable, softmax: Callable[[torch.Tensor], None], call: int = 0):
-        super().__init__()
-        self.sdpa, self.softmax, self.call = sdpa, softmax, call
-        self.calls = 0
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            self.calls += 1
-            if self.calls == self.call + 1:
-                return self.sdpa(*args, **kwargs)
-        elif func in _SOFTMAX and kwargs.get("dim", args[1] if len(args) > 1 else None) in (-1, args[0].dim() - 1):
-            self.calls += 1
-            out = func(*args, **kwargs)
-            if self.calls == self.call + 1:
-                self.softmax(out.detach())
-            return out
-        return func(*args, **kwargs)
 
 
 def _native_kwargs(kwargs: dict) -> dict:
