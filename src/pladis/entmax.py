@@ -107,8 +107,21 @@ def masked_softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return e / torch.where(total > 0, total, torch.ones_like(total))
 
 
-def _powers(w: torch.Tensor, k: torch.Tensor, kind: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(d^(k-1), d^k) for d = (1 + w)_+, w <= 0 (w = -inf on masked entries)."""
+def _powers(y: torch.Tensor, t: torch.Tensor, a: torch.Tensor, kind: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(d^(k-1), d^k) for d = (1 + w)_+, w = a (y - t) <= 0 (w = -inf on masked entries)."""
+    k = 1.0 / a
+    if kind > 0:
+        # Integer k <= 4: d = a ((y + 1/a) - t). Near the support's boundary both subtractions are exact (Sterbenz),
+        # so d keeps its relative precision where 1 + w would lose up to an ulp of 1 per entry, which hundreds of
+        # entries near the boundary add up; elsewhere the rounding of y + 1/a moves d^k by at most k 2^-24.
+        d = (a * ((y + k) - t)).clamp_min(0)
+        if kind == 1:
+            return (d > 0).to(d.dtype), d
+        lower = d
+        for _ in range(kind - 2):
+            lower = lower * d
+        return lower, lower * d
+    w = a * (y - t)
     d = (1 + w).clamp_min(0)
     if kind < 0:  # d^(k-1) = 2^((k-1) log2 d): 0 outside the support (log2 0 = -inf, k > 1)
         log_d = torch.log2(d)
@@ -119,12 +132,7 @@ def _powers(w: torch.Tensor, k: torch.Tensor, kind: int) -> tuple[torch.Tensor, 
             log_d = log_d + torch.where(d > 0, (w - (d - 1)) / d, 0.0) * _INV_LN2
         lower = torch.exp2(log_d * (k - 1))
         return lower, lower * d
-    if kind == 1:
-        return (d > 0).to(d.dtype), d
-    lower = d
-    for _ in range(kind - 2):
-        lower = lower * d
-    return lower, lower * d
+    raise ValueError(f"no powers for kind {kind} (softmax has none)")
 
 
 def _shifted(x: torch.Tensor, inv_temperature: torch.Tensor) -> torch.Tensor:
@@ -187,7 +195,7 @@ def solve(y: torch.Tensor, a: torch.Tensor, kind: int, steps: int, cheap: int = 
         delta = _newton_delta(power.sum(-1, keepdim=True), lower.sum(-1, keepdim=True), k)
         t = torch.minimum(t + delta / a, top)
     for step in range(steps):
-        lower, power = _powers(a * (y - t), k, kind)
+        lower, power = _powers(y, t, a, kind)
         mass, slope = power.sum(-1, keepdim=True), lower.sum(-1, keepdim=True)
         if kind == 2 and step == steps - 1:  # closed form on the support: sum (d - delta)^2 = 1
             size = (lower > 0).to(y.dtype).sum(-1, keepdim=True)
@@ -199,13 +207,15 @@ def solve(y: torch.Tensor, a: torch.Tensor, kind: int, steps: int, cheap: int = 
             delta = torch.where(slope > 0, (mass - mass.sqrt()) / slope.clamp_min(torch.finfo(y.dtype).tiny), 0.0)
         else:
             delta = _newton_delta(mass, slope, k)
+        if kind > 0 and step > 0:  # after the first step (at or below the root from any start) t only rises: a
+            delta = delta.clamp_min(0)  # fall is rounding of the mass, which would swing t across the root and back
         t = t + delta / a
     return t
 
 
 def probabilities(y: torch.Tensor, t: torch.Tensor, a: torch.Tensor, kind: int) -> torch.Tensor:
     k = 1.0 / a
-    lower, p = _powers(a * (y - t), k, kind)
+    lower, p = _powers(y, t, a, kind)
     if kind < 0:  # one more Newton step, taken to first order on the powers themselves (module docstring)
         delta = _newton_delta(p.sum(-1, keepdim=True), lower.sum(-1, keepdim=True), k)
         p = (p - (k * delta) * lower).clamp_min(0)
