@@ -20,7 +20,6 @@ Writes OUT/study.json and OUT/study.md; ``--write-json`` also writes the demo's 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -88,9 +87,10 @@ def table(result: dict, title: str) -> list[str]:
 
 def weights_sha(weights: Path | None) -> str | None:
     from pladis.demo.model import UNET_FILE, WEIGHTS_DIR
+    from pladis.demo.study import file_sha256
 
     path = Path(weights or WEIGHTS_DIR) / UNET_FILE
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
+    return file_sha256(path) if path.is_file() else None
 
 
 def main(argv: list[str] | None = None) -> dict:

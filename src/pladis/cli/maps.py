@@ -107,9 +107,7 @@ def _load(model: str | None, preset: str | None, device: str, dtype: str):
     from pladis import presets
 
     overrides: dict[str, Any] = {"model": model} if model else {}
-    pipe, call_kwargs = presets.load(preset, device=device, dtype=None if dtype == "auto" else dtype, **overrides)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe, call_kwargs
+    return presets.load(preset, device=device, dtype=None if dtype == "auto" else dtype, **overrides)
 
 
 def _record(pipe, call_kwargs: dict, positions: dict[str, list[int]], seed: int, scale: float, alpha: float):

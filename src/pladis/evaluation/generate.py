@@ -81,7 +81,6 @@ def _load_preset(preset: str, model: str | None, *, device: str, dtype: str) -> 
         pipe, call_kwargs = presets.load(preset, device=device, dtype=None if dtype == "auto" else dtype, **overrides)
     except (CLIError, KeyError, ValueError) as e:
         raise EvalError(str(e).strip("'\"")) from None
-    pipe.set_progress_bar_config(disable=True)
     steps, guidance = call_kwargs.pop("num_inference_steps", None), call_kwargs.pop("guidance_scale", None)
     return pipe, {"steps": steps, "guidance": guidance, "extra": call_kwargs}
 
