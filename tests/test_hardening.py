@@ -34,11 +34,16 @@ def run(pipe, handle=None, **kwargs):
 
 
 def test_threads_with_per_call_scales_get_their_own_images():
-    """Two pipelines sharing one UNet (from_pipe, each its own scheduler), called from several threads with
-    different per-call scales: every output equals its single-threaded reference; the handle's scale is unchanged."""
+    """Four pipelines sharing one UNet (from_pipe, each its own scheduler and tokenizer: a diffusers pipeline is not
+    thread-safe, and a transformers tokenizer called from two threads can pad one call to the other's length),
+    called from four threads with different per-call scales: every output equals its single-threaded reference; the
+    handle's scale is unchanged."""
     torch.set_num_threads(1)
     base = tiny_unet.tiny_sd15_pipeline("ddim")
-    pipes = [base, type(base).from_pipe(base, scheduler=copy.deepcopy(base.scheduler))]
+    pipes = [base] + [
+        type(base).from_pipe(base, scheduler=copy.deepcopy(base.scheduler), tokenizer=copy.deepcopy(base.tokenizer))
+        for _ in range(3)
+    ]
     handle = pladis.apply(base, scale=2.0)
     scales = [0.0, 2.0, 3.5]
     reference = {s: run(base, handle, pladis_scale=s) for s in scales}
@@ -54,7 +59,7 @@ def test_threads_with_per_call_scales_get_their_own_images():
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=worker, args=(pipes[i % 2], i)) for i in range(4)]
+    threads = [threading.Thread(target=worker, args=(pipes[i], i)) for i in range(4)]
     for t in threads:
         t.start()
     for t in threads:

@@ -142,10 +142,13 @@ def complete_by_clicking(driver, base: str, shots: Path | None) -> None:
 
 def complete_by_keyboard(driver, base: str, shots: Path | None) -> None:
     driver.get(base + "/")
-    ActionChains(driver).send_keys(Keys.ENTER).perform()  # the Start button has focus
+    # keys sent before the page is ready are lost, as a person's would be: wait for autofocus, then for study.js
+    WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.activeElement.id") == "start")
+    ActionChains(driver).send_keys(Keys.ENTER).perform()
     keys = {"left": Keys.ARROW_LEFT, "right": Keys.ARROW_RIGHT, "none": Keys.ARROW_DOWN}
     for position in range(1, PAIRS + 1):
         WebDriverWait(driver, 20).until(lambda d, p=position: progress(d) == f"{p} / {PAIRS}")
+        WebDriverWait(driver, 20).until(lambda d: d.execute_script("return document.body.dataset.keys") == "ready")
         wait_images(driver)
         answers = decide(driver, position)
         # A slip corrected with Backspace: the undone answer must not count.

@@ -39,4 +39,5 @@
     }
   });
   mark();
+  document.body.dataset.keys = "ready";  // the keyboard answers work from here on
 })();
