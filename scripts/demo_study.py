@@ -2,7 +2,7 @@
 
     python scripts/demo_study.py --out runs/demo-study [--weights DIR] [--n-validation 40] [--n-test 80]
         [--steps 20] [--cfg 4] [--batch-size 40] [--device cpu] [--write-json src/pladis/weights/demo_study.json]
-        [--markdown docs/demo-study.md]
+        [--markdown docs/demo-study.md] [--checkpoints RUN/checkpoints/step_000180 ... --n-checkpoint 40]
 
 Each stage is one resumable `pladis eval` run under OUT (kill it and start it again: it continues):
 
@@ -10,7 +10,9 @@ Each stage is one resumable `pladis eval` run under OUT (kill it and start it ag
   seeds): lambda x alpha, layer groups down/mid/up (Tab. 8), timestep windows early/late, temperature;
 * ``cfg-1``, ``cfg-7.5``  baseline, the best validation setting and the paper's default at other CFG scales;
 * ``test-seen``, ``test-heldout``  baseline, the chosen setting and the paper's default on the benchmark's seen
-  and held-out compositions (prompts never used for choosing).
+  and held-out compositions (prompts never used for choosing);
+* ``ckpt-<name>-seen``, ``ckpt-<name>-heldout``  the same comparison on earlier checkpoints of the training run
+  (`pladis train-demo` exports them under RUN/checkpoints/): does PLADIS help where concepts are learned but weak?
 
 The setting is chosen on validation ("all" categories right, largest paired gain), never on the test prompts.
 Writes OUT/study.json and OUT/study.md; ``--write-json`` also writes the demo's settings file (schema
@@ -40,11 +42,16 @@ QUESTIONS = [
 ]
 
 
-def run_stage(out: Path, name: str, prompts: str, configs: list[str], args, guidance: float) -> dict:
+CATEGORIES = ("color", "shape", "size", "position", "relation", "count", "all")
+
+
+def run_stage(
+    out: Path, name: str, prompts: str, configs: list[str], args, guidance: float, weights: Path | None = None
+) -> dict:
     run = out / name
     opts = GenerateOptions(
         out=run, model="demo", prompts=prompts, configs=configs, per_prompt=1, steps=args.steps, guidance=guidance,
-        batch_size=args.batch_size, device=args.device, weights=args.weights,
+        batch_size=args.batch_size, device=args.device, weights=weights or args.weights,
     )  # fmt: skip
     print(f"== {name}: {len(configs)} configs on {prompts}, CFG {guidance:g}", flush=True)
     generate_run(opts)
@@ -62,8 +69,8 @@ def config_name(result: dict, spec: str) -> str:
     return next(name for name, info in result["configs"].items() if info.get("spec") == spec)
 
 
-def measured(result: dict, name: str) -> dict:
-    cell = result["configs"][name][METRIC]
+def measured(result: dict, name: str, metric: str = METRIC) -> dict:
+    cell = result["configs"][name][metric]
     entry = {"accuracy": round(cell["mean"], 4), "ci": [round(x, 4) for x in cell["ci95"]], "n": cell["n_prompts"]}
     if "delta" in cell:
         entry["diff"] = round(cell["delta"]["mean"], 4)
@@ -82,6 +89,30 @@ def table(result: dict, title: str) -> list[str]:
         lines.append(
             f"| {info['label']} | {cell['mean']:.3f} [{cell['ci95'][0]:.3f}, {cell['ci95'][1]:.3f}] | {shown} |"
         )
+    return [*lines, ""]
+
+
+def by_category(tests: dict[str, dict], spec: str, title: str) -> list[str]:
+    """Stock and the chosen setting per checker category, seen and held-out compositions side by side."""
+    lines = [
+        f"### {title}",
+        "",
+        "| category | " + " | ".join(f"{split}: stock | {split}: Δ [95 % CI]" for split in tests),
+    ]
+    lines[-1] += " |"
+    lines.append("|---|" + "---|---|" * len(tests))
+    for category in CATEGORIES:
+        metric, row = f"alignment:{category}", [category]
+        for result in tests.values():
+            stock = result["configs"]["baseline"].get(metric)
+            cell = result["configs"][config_name(result, spec)].get(metric)
+            if stock is None or cell is None or not cell["n_prompts"]:
+                row += ["–", "–"]
+                continue
+            delta = cell["delta"]
+            shown = f"{delta['mean']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]"
+            row += [f"{stock['mean']:.3f} (n={stock['n_prompts']})", shown + ("" if delta["significant"] else " n.s.")]
+        lines.append("| " + " | ".join(row) + " |")
     return [*lines, ""]
 
 
@@ -106,9 +137,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--write-json", type=Path, default=None)
     parser.add_argument("--markdown", type=Path, default=None)
+    parser.add_argument(
+        "--checkpoints", type=Path, nargs="*", default=[], help="earlier weight folders of the run (RUN/checkpoints/*)"
+    )
+    parser.add_argument("--n-checkpoint", type=int, default=40, help="test prompts per split for each checkpoint")
     args = parser.parse_args(argv)
-    if min(args.n_validation, args.n_test, args.steps, args.batch_size) < 1:
-        parser.error("--n-validation, --n-test, --steps and --batch-size must be at least 1")
+    if min(args.n_validation, args.n_test, args.steps, args.batch_size, args.n_checkpoint) < 1:
+        parser.error("--n-validation, --n-test, --n-checkpoint, --steps and --batch-size must be at least 1")
+    from pladis.demo.model import CONFIG_FILE
+
+    missing = [str(folder) for folder in args.checkpoints if not (folder / CONFIG_FILE).is_file()]
+    if missing:
+        parser.error(f"--checkpoints: no {CONFIG_FILE} in {', '.join(missing)}; give folders of exported weights")
     start = time.perf_counter()
     validation_prompts = f"demo:validation:{args.n_validation}"
     validation = run_stage(args.out, "validation", validation_prompts, ["baseline", *GRID, *QUESTIONS], args, args.cfg)
@@ -125,10 +165,26 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for split in ("seen", "heldout")
     }
+    checkpoints = {
+        folder.name: {
+            split: run_stage(
+                args.out,
+                f"ckpt-{folder.name}-{split}",
+                f"demo:{split}:{args.n_checkpoint}",
+                ["baseline", *compared],
+                args,
+                args.cfg,
+                weights=folder,
+            )  # fmt: skip
+            for split in ("seen", "heldout")
+        }
+        for folder in args.checkpoints
+    }
     seen = tests["seen"]
     chosen = config_name(seen, best_spec)
     settings = seen["configs"][chosen]["pladis"]
-    chosen_entry = {"scale": settings["scale"], "alpha": settings["alpha"], **measured(seen, chosen)}
+    # the whole setting (layers, timesteps, temperature too): the demo applies what was measured
+    chosen_entry = {**settings, **measured(seen, chosen)}
     helps = gain(validation, best) > 0 and chosen_entry["diff_ci"][0] > 0
     verdict = (
         f"PLADIS {best_spec[7:]} raised accuracy on held-back test prompts"
@@ -155,6 +211,24 @@ def main(argv: list[str] | None = None) -> dict:
             split: {"stock": measured(r, "baseline"), "pladis": measured(r, config_name(r, best_spec))}
             for split, r in tests.items()
         },
+        "categories": {
+            split: {
+                category: {
+                    "stock": measured(r, "baseline", f"alignment:{category}"),
+                    "pladis": measured(r, config_name(r, best_spec), f"alignment:{category}"),
+                }
+                for category in CATEGORIES
+                if r["configs"]["baseline"].get(f"alignment:{category}", {}).get("n_prompts")
+            }
+            for split, r in tests.items()
+        },
+        "checkpoints": {
+            name: {
+                split: {"stock": measured(r, "baseline"), "pladis": measured(r, config_name(r, best_spec))}
+                for split, r in results.items()
+            }
+            for name, results in checkpoints.items()
+        },
     }
     lines = ["# The embedded model's PLADIS study", "", study["source"], "", f"Verdict: {verdict}.", ""]
     lines += table(validation, f"Validation ({validation_prompts}, CFG {args.cfg:g}): the settings compared")
@@ -162,6 +236,10 @@ def main(argv: list[str] | None = None) -> dict:
         lines += table(result, f"CFG {cfg:g} ({validation_prompts})")
     for split, result in tests.items():
         lines += table(result, f"Test, {split} compositions (demo:{split}:{args.n_test}, CFG {args.cfg:g})")
+    lines += by_category(tests, best_spec, f"Test by checker category: stock and {best_spec[7:]}")
+    for name, results in checkpoints.items():
+        for split, result in results.items():
+            lines += table(result, f"Checkpoint {name}, {split} compositions (demo:{split}:{args.n_checkpoint})")
     text = "\n".join(lines)
     files.write_json(args.out / "study.json", study)
     files.atomic_write_text(args.out / "study.md", text)

@@ -70,6 +70,9 @@ def test_study_fingerprint_matches_only_its_weights(tmp_path):
         ({"steps": 0}, "'steps'"),
         ({"stock": {"accuracy": 0.5, "ci": [0.4], "n": 10}}, "'ci'"),
         ({"pladis": {"scale": 2, "alpha": 1.5, "accuracy": 0.5, "ci": [0, 1], "n": 5}}, "'diff'"),
+        ({"pladis": {**a_study()["pladis"], "layers": "up"}}, "'layers'"),
+        ({"pladis": {**a_study()["pladis"], "temperature": 0}}, "'temperature'"),
+        ({"pladis": {**a_study()["pladis"], "timesteps": [500]}}, "'timesteps'"),
     ],
 )
 def test_a_bad_study_is_one_line_before_any_work(tmp_path, monkeypatch, change, message):
@@ -84,7 +87,8 @@ def test_a_bad_study_is_one_line_before_any_work(tmp_path, monkeypatch, change, 
 
 
 def test_demo_reads_its_setting_from_the_study(tmp_path, monkeypatch):
-    """Point the demo at another study: its scale, alpha, cfg and steps are what PLADIS and the pipeline get."""
+    """Point the demo at another study: its whole setting (scale, alpha, layers, temperature), cfg and steps are what
+    PLADIS and the pipeline get, and the caption names that setting."""
     from PIL import Image
 
     import pladis
@@ -93,7 +97,7 @@ def test_demo_reads_its_setting_from_the_study(tmp_path, monkeypatch):
     os.environ["HF_HUB_OFFLINE"] = "1"
     unet_file = model.WEIGHTS_DIR / model.UNET_FILE
     data = a_study(cfg=3.0, steps=2, helps=False, verdict="a test verdict", weights_sha256=study.file_sha256(unet_file))
-    data["pladis"] = {**data["pladis"], "scale": 1.25, "alpha": 1.75}
+    data["pladis"] = {**data["pladis"], "scale": 1.25, "alpha": 1.75, "layers": ["up"], "temperature": 2.0}
     applied, generated = [], []
     real_apply, real_generate = pladis.apply, bench.generate
 
@@ -111,14 +115,16 @@ def test_demo_reads_its_setting_from_the_study(tmp_path, monkeypatch):
     args = ["demo", "--study", str(write(tmp_path, data)), "--out", str(out), "-p", "a red circle", "--samples", "1"]
     res = runner.invoke(app, [*args, "--device", "cpu"])
     assert res.exit_code == 0, res.output
-    assert applied == [{"scale": 1.25, "alpha": 1.75}]
+    assert applied == [{"scale": 1.25, "alpha": 1.75, "layers": ["up"], "temperature": 2.0}]
     assert generated == [(2, 3.0), (2, 3.0)]
     meta = Image.open(out).text
     assert json.loads(meta["scale"]) == 1.25 and json.loads(meta["alpha"]) == 1.75
     assert meta["study"] == str(tmp_path / "study.json")
     caption = meta["caption"]  # the text drawn under the grid
     assert "a test verdict" in caption and "beats stock" in caption and f"{data['stock']['accuracy']:.3f}" in caption
-    # an explicit option still wins over the study
+    assert "scale=1.25 alpha=1.75 layers=up temperature=2:" in caption  # the numbers' line names the whole setting
+    # an explicit option still wins over the study; the rest of the setting comes from it
     res = runner.invoke(app, [*args, "--device", "cpu", "--scale", "0.5", "--steps", "1"])
     assert res.exit_code == 0, res.output
-    assert applied[-1] == {"scale": 0.5, "alpha": 1.75} and generated[-1] == (1, 3.0)
+    assert applied[-1] == {"scale": 0.5, "alpha": 1.75, "layers": ["up"], "temperature": 2.0}
+    assert generated[-1] == (1, 3.0)

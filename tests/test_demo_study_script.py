@@ -14,14 +14,22 @@ pytestmark = pytest.mark.usefixtures("eager_one_thread")
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "demo_study.py"
 
 
-def test_study_chooses_on_validation_and_writes_what_the_demo_reads(tmp_path):
+def load_script():
     spec = importlib.util.spec_from_file_location("demo_study", SCRIPT)
     assert spec and spec.loader
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
+    return script
+
+
+def test_study_chooses_on_validation_and_writes_what_the_demo_reads(tmp_path):
+    from pladis.demo.model import WEIGHTS_DIR
+
+    script = load_script()
     out, settings = tmp_path / "study", tmp_path / "demo_study.json"
     study = script.main(["--out", str(out), "--n-validation", "2", "--n-test", "2", "--steps", "2", "--other-cfgs",
-                         "", "--batch-size", "16", "--write-json", str(settings)])  # fmt: skip
+                         "", "--batch-size", "16", "--write-json", str(settings), "--checkpoints", str(WEIGHTS_DIR),
+                         "--n-checkpoint", "1"])  # fmt: skip
     validation = json.loads((out / "validation" / "manifest.json").read_text())
     assert len(validation["samples"]) == 1 + len(script.GRID) + len(script.QUESTIONS)  # every setting generated
     report = script.analyse(script.collect([out / "validation"]), "baseline")
@@ -37,4 +45,22 @@ def test_study_chooses_on_validation_and_writes_what_the_demo_reads(tmp_path):
 
     loaded = load_study(settings)
     assert (loaded.scale, loaded.alpha) == (study["pladis"]["scale"], study["pladis"]["alpha"])
-    assert (out / "study.md").read_text().startswith("# The embedded model's PLADIS study")
+    text = (out / "study.md").read_text()
+    assert text.startswith("# The embedded model's PLADIS study")
+    # the checkpoint question: the same comparison on another weights folder, one prompt per split
+    checkpoint = study["checkpoints"][WEIGHTS_DIR.name]
+    assert set(checkpoint) == {"seen", "heldout"} and checkpoint["seen"]["stock"]["n"] == 1
+    assert json.loads((out / f"ckpt-{WEIGHTS_DIR.name}-seen" / "manifest.json").read_text())["complete"]
+    assert f"### Checkpoint {WEIGHTS_DIR.name}, seen compositions" in text
+    # per checker category, stock and the chosen setting on both splits (table and JSON agree)
+    all_seen = study["categories"]["seen"]["all"]
+    assert all_seen == study["splits"]["seen"]
+    assert "| category | seen: stock |" in text
+
+
+def test_checkpoint_folders_are_checked_before_any_generation(tmp_path, capsys):
+    script = load_script()
+    with pytest.raises(SystemExit):
+        script.main(["--out", str(tmp_path / "study"), "--checkpoints", str(tmp_path)])
+    assert "no demo_config.json in" in capsys.readouterr().err
+    assert not (tmp_path / "study").exists()

@@ -136,7 +136,7 @@ def demo(
         if backend == "auto":  # a run of seconds: compiling the fused kernel would cost more than it saves
             pladis.set_backend("eager")
         try:
-            with pladis.apply(pipe, scale=scale, alpha=alpha):
+            with pladis.apply(pipe, scale=scale, alpha=alpha, **measured.apply_options()):
                 plad = generate(pipe, rep, seeds, steps, cfg, batch_size=64)
         finally:
             pladis.set_backend(backend)
@@ -164,7 +164,7 @@ def demo(
         same_weights = unet_file.exists() and measured.matches(unet_file)
         caption = "\n".join(
             [
-                f"embedded demo model | PLADIS scale={scale:g} alpha={alpha:g} | cfg={cfg:g}, {steps} steps, seed={seed}",
+                f"embedded demo model | PLADIS {measured.setting(scale, alpha)} | cfg={cfg:g}, {steps} steps, seed={seed}",
                 *caption_lines(measured, scale, alpha, cfg, steps, same_weights),
             ]
         )
@@ -173,6 +173,7 @@ def demo(
             "prompts": prompts,
             "scale": scale,
             "alpha": alpha,
+            **measured.apply_options(),
             "cfg": cfg,
             "seed": seed,
             "study": str(measured.path),

@@ -13,9 +13,12 @@ the measured accuracy of each column, so the picture and the numbers agree::
       "stock":  {"accuracy": 0.884, "ci": [0.864, 0.903], "n": 1000},
       "pladis": {"scale": 2.0, "alpha": 1.5, "accuracy": 0.707, "ci": [0.687, 0.728], "n": 1000,
                  "diff": -0.177, "diff_ci": [-0.203, -0.151]},
+                 # optional, the rest of the measured setting: "layers": ["up"], "timesteps": [500, 1000],
+                 # "temperature": 2.0 (the demo applies them too)
       "helps": false,                          # did any measured PLADIS setting beat stock (CI above 0)?
       "verdict": "one plain sentence for the image",
       "splits": {"seen": {...}, "heldout": {...}}   # optional: the same two entries per prompt split
+      # optional, not read by the demo: "categories" (per checker category), "checkpoints" (earlier weights)
     }
 
 When ``helps`` is false the demo says so on the image. When the loaded weights are not the ones measured
@@ -70,6 +73,31 @@ class DemoStudy:
     weights_sha256: str | None
     splits: dict[str, tuple[Measured, Measured]]
     path: Path
+    layers: tuple[str, ...] | None = None
+    timesteps: tuple[float, float] | None = None
+    temperature: float = 1.0
+
+    def apply_options(self) -> dict[str, Any]:
+        """The measured setting's keyword arguments to `pladis.apply` besides scale and alpha."""
+        options: dict[str, Any] = {}
+        if self.layers is not None:
+            options["layers"] = list(self.layers)
+        if self.timesteps is not None:
+            options["timesteps"] = self.timesteps
+        if self.temperature != 1.0:
+            options["temperature"] = self.temperature
+        return options
+
+    def setting(self, scale: float, alpha: float) -> str:
+        """'scale=2 alpha=1.5', plus the study's other options (e.g. ' layers=up')."""
+        text = f"scale={scale:g} alpha={alpha:g}"
+        if self.layers is not None:
+            text += " layers=" + "+".join(self.layers)
+        if self.timesteps is not None:
+            text += f" timesteps={self.timesteps[0]:g}-{self.timesteps[1]:g}"
+        if self.temperature != 1.0:
+            text += f" temperature={self.temperature:g}"
+        return text
 
     def matches(self, unet_file: str | Path) -> bool:
         """True when the numbers were measured on these weights (or the study does not say which)."""
@@ -142,6 +170,12 @@ def load_study(path: str | Path | None = None) -> DemoStudy:
             _measured(entry.get("stock"), f"{where} splits.{name}.stock", False),
             _measured(entry.get("pladis"), f"{where} splits.{name}.pladis", True),
         )
+    layers = pl.get("layers")
+    if layers is not None and not (isinstance(layers, list) and layers and all(isinstance(x, str) for x in layers)):
+        raise StudyError(f"{where} pladis: 'layers' must be a list of layer groups or patterns, got {layers!r}")
+    temperature = _number(pl, "temperature", f"{where} pladis") if "temperature" in pl else 1.0
+    if temperature <= 0:
+        raise StudyError(f"{where} pladis: 'temperature' must be positive, got {temperature!r}")
     sha = data.get("weights_sha256")
     return DemoStudy(
         scale=_number(pl, "scale", f"{where} pladis"),
@@ -158,6 +192,9 @@ def load_study(path: str | Path | None = None) -> DemoStudy:
         weights_sha256=sha if isinstance(sha, str) else None,
         splits=splits,
         path=p,
+        layers=tuple(layers) if layers is not None else None,
+        timesteps=_pair(pl, "timesteps", f"{where} pladis") if pl.get("timesteps") is not None else None,
+        temperature=temperature,
     )
 
 
@@ -176,13 +213,13 @@ def caption_lines(study: DemoStudy, scale: float, alpha: float, cfg: float, step
         ]
     lines = [f"measured {metric}, 95% CI:", f"stock: {study.stock.label()}"]
     if same:
-        lines.append(f"PLADIS λ={study.scale:g} α={study.alpha:g}: {study.pladis.label()}")
+        lines.append(f"PLADIS {study.setting(scale, alpha)}: {study.pladis.label()}")
         for name, (st, pl) in study.splits.items():
             lines.append(f"  {name} prompts: stock {st.accuracy:.3f}, PLADIS {pl.accuracy:.3f} (Δ {pl.diff:+.3f})")
     else:
         lines.append(
-            f"PLADIS λ={scale:g} α={alpha:g} cfg={cfg:g} {steps} steps: not measured "
-            f"(measured: λ={study.scale:g} α={study.alpha:g} cfg={study.cfg:g} {study.steps} steps)"
+            f"PLADIS {study.setting(scale, alpha)} cfg={cfg:g} {steps} steps: not measured "
+            f"(measured: {study.setting(study.scale, study.alpha)} cfg={study.cfg:g} {study.steps} steps)"
         )
     if not study.helps:
         lines.append("No PLADIS setting measured on this model beats stock: " + (study.verdict or "see docs/demo.md"))
