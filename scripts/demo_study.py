@@ -165,21 +165,13 @@ def main(argv: list[str] | None = None) -> dict:
         )
         for split in ("seen", "heldout")
     }
-    checkpoints = {
-        folder.name: {
-            split: run_stage(
-                args.out,
-                f"ckpt-{folder.name}-{split}",
-                f"demo:{split}:{args.n_checkpoint}",
-                ["baseline", *compared],
-                args,
-                args.cfg,
-                weights=folder,
-            )  # fmt: skip
-            for split in ("seen", "heldout")
-        }
-        for folder in args.checkpoints
-    }
+    checkpoints: dict[str, dict[str, dict]] = {}
+    for folder in args.checkpoints:
+        for split in ("seen", "heldout"):
+            prompts = f"demo:{split}:{args.n_checkpoint}"
+            stage = f"ckpt-{folder.name}-{split}"
+            result = run_stage(args.out, stage, prompts, ["baseline", *compared], args, args.cfg, weights=folder)
+            checkpoints.setdefault(folder.name, {})[split] = result
     seen = tests["seen"]
     chosen = config_name(seen, best_spec)
     settings = seen["configs"][chosen]["pladis"]
