@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import pladis
+from image_helpers import load_image
 from pladis import cli
 from pladis.cli import common, loading
 from pladis.cli import generate as generate_command
@@ -40,7 +41,7 @@ def generate(model, *args):
 def panels(path):
     """The image panels of a --compare grid at the images' own size (SIZE), found through the layout stored in its PNG
     metadata; a small image is shown enlarged by an integer factor, every pixel a block (checked here)."""
-    grid = Image.open(path)
+    grid = load_image(path)
     boxes = json.loads(grid.text["pladis:panels"])
     shown = [np.asarray(grid.crop(tuple(box)).convert("RGB")) for box in boxes]
     factor = shown[0].shape[0] // SIZE
@@ -76,7 +77,7 @@ def test_compare_writes_labelled_side_by_side(model_dir, tmp_path):
     result = generate(model_dir, "--compare", out)
     assert result.exit_code == 0, result.output
     assert out.is_file() and "wrote" in result.stdout
-    grid = Image.open(out)
+    grid = load_image(out)
     assert grid.width == 2 * enlarged(Image.new("RGB", (SIZE, SIZE))).width + 3 * DEFAULT_BORDER
     stock, pladis_img = panels(out)
     assert stock.shape == pladis_img.shape == (SIZE, SIZE, 3)
@@ -103,7 +104,7 @@ def test_out_writes_only_the_pladis_image_and_leaves_the_pipeline_clean(model_di
     result = generate(model_dir, "--out", out, "--scheduler", "euler", "--freeu", "0.9,0.2,1.5,1.6")
     assert result.exit_code == 0, result.output
     assert [p.name for p in tmp_path.rglob("*.png")] == ["pladis.png"]
-    assert Image.open(out).size == (SIZE, SIZE)
+    assert load_image(out).size == (SIZE, SIZE)
     assert not pladis.is_applied(loaded[0])
     assert type(loaded[0].scheduler).__name__ == "EulerDiscreteScheduler"
 
@@ -175,7 +176,7 @@ def test_ablation_options_reach_pladis(model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     stock, image = panels(path)
     assert np.abs(stock.astype(int) - image).max() > 0
-    settings = json.loads(Image.open(path).text["pladis:settings"])
+    settings = json.loads(load_image(path).text["pladis:settings"])
     assert settings["layers"] == ["up"] and settings["timesteps"] == [0.0, 1000.0] and settings["temperature"] == 0.5
     # a window outside 0..1000, or one that selects no step of the run, is a usage error, not a silent stock image
     result = generate(model_dir, "--timesteps", "2000,3000", "--compare", tmp_path / "outside.png")

@@ -7,6 +7,7 @@ import os
 import pytest
 import torch
 
+from image_helpers import load_image
 from pladis.demo import checker, scenes
 from pladis.demo.text import build_tokenizer, fast_ids
 
@@ -102,7 +103,6 @@ def test_pladis_on_demo_pipeline(pipe):
 
 
 def test_demo_command_writes_grid(tmp_path, pipe):
-    from PIL import Image
 
     from pladis.cli.demo import demo
 
@@ -120,7 +120,7 @@ def test_demo_command_writes_grid(tmp_path, pipe):
         device="cpu",
         weights=None,
     )
-    im = Image.open(out)
+    im = load_image(out)
     assert im.size[0] > 128 and im.size[1] > 64
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from image_helpers import load_image
 from pladis.cli import app
 from pladis.demo import model, study
 
@@ -89,7 +90,6 @@ def test_a_bad_study_is_one_line_before_any_work(tmp_path, monkeypatch, change, 
 def test_demo_reads_its_setting_from_the_study(tmp_path, monkeypatch):
     """Point the demo at another study: its whole setting (scale, alpha, layers, temperature), cfg and steps are what
     PLADIS and the pipeline get, and the caption names that setting."""
-    from PIL import Image
 
     import pladis
     from pladis.demo import bench
@@ -117,7 +117,7 @@ def test_demo_reads_its_setting_from_the_study(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert applied == [{"scale": 1.25, "alpha": 1.75, "layers": ["up"], "temperature": 2.0}]
     assert generated == [(2, 3.0), (2, 3.0)]
-    meta = Image.open(out).text
+    meta = load_image(out).text
     assert json.loads(meta["scale"]) == 1.25 and json.loads(meta["alpha"]) == 1.75
     assert meta["study"] == str(tmp_path / "study.json")
     caption = meta["caption"]  # the text drawn under the grid

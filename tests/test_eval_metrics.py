@@ -7,6 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
+from image_helpers import load_image
+
 pytestmark = pytest.mark.usefixtures("eager_one_thread")
 
 PROMPTS = ["a red circle", "a photo of a dog on a skateboard", "three cyan squares"]
@@ -225,7 +227,7 @@ def test_fid_plumbing_matches_the_closed_form(tmp_path):
         x = torch.from_numpy(np.stack([np.asarray(im.convert("RGB")) for im in images])).permute(0, 3, 1, 2)
         return _MeanColour()(x).numpy()
 
-    real = feats([Image.open(p) for p in sorted(ref.iterdir())])
+    real = feats([load_image(p) for p in sorted(ref.iterdir())])
     fake = feats(fakes)
     mu1, mu2 = real.mean(0), fake.mean(0)
     s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)

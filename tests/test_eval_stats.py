@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from image_helpers import load_image
 from pladis.evaluation import run as runlib
 from pladis.evaluation import stats
 from pladis.evaluation.configs import ConfigError, apply_kwargs, parse_config, parse_configs
@@ -156,7 +157,7 @@ def test_report_rows_deltas_and_categories(tmp_path):
     assert "| baseline | 21.50 [" in md and "+ PLADIS (scale=2, alpha=1.5) | 22.00 (+0.50)" in md
     assert "| text (2) | 22.50 | +0.00 [+0.00, +0.00] n.s. |" in md
     assert json.loads((tmp_path / "rep" / "report.json").read_text())["baseline"] == "baseline"
-    assert Image.open(tmp_path / "rep" / "report.png").size[0] > 100
+    assert load_image(tmp_path / "rep" / "report.png").size[0] > 100
     # a stale cache entry (the image changed since it was scored) is left out
     png = tmp_path / "images" / "baseline" / "p000000_000.png"
     side = json.loads(png.with_suffix(".json").read_text())

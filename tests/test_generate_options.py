@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from image_helpers import load_image
 from pladis import cli, metadata
 from pladis.cli import common, loading
 from pladis.cli import generate as generate_command
@@ -94,8 +95,8 @@ def test_prompts_seeds_and_batches_share_one_run(sd15_dir, tmp_path, monkeypatch
     # a batched image is the one made alone: each sample has its own seeded generator
     single = tmp_path / "single.png"
     assert sd15(sd15_dir, "--prompt", "a blue sphere", "--seed", 1, "--out", single).exit_code == 0
-    batched = np.asarray(Image.open(tmp_path / "img-p001-s1.png"), dtype=int)
-    assert np.abs(batched - np.asarray(Image.open(single), dtype=int)).max() <= 2
+    batched = np.asarray(load_image(tmp_path / "img-p001-s1.png"), dtype=int)
+    assert np.abs(batched - np.asarray(load_image(single), dtype=int)).max() <= 2
     settings = metadata.read(tmp_path / "img-p001-s1.png")["settings"]
     assert settings["prompt"] == "a blue sphere" and settings["seed"] == 1 and settings["batch_size"] == 3
 
@@ -173,7 +174,7 @@ def test_true_cfg_makes_the_negative_prompt_count_on_flux(flux_dir, sd15_dir, tm
     result = flux(negative, "--negative", "blurry")
     assert result.exit_code == 0 and "--true-cfg 4.0" in result.stderr  # said, not silently ignored
     assert flux(explicit, "--negative", "blurry", "--true-cfg", 2).exit_code == 0
-    images = [np.asarray(Image.open(p), dtype=int) for p in (plain, negative, explicit)]
+    images = [np.asarray(load_image(p), dtype=int) for p in (plain, negative, explicit)]
     assert np.abs(images[0] - images[1]).max() > 0 and np.abs(images[1] - images[2]).max() > 0
     assert metadata.read(explicit)["settings"]["true_cfg"] == 2.0
 
@@ -236,9 +237,9 @@ def test_video_pipeline_writes_a_video_and_a_frame_strip(tmp_path_factory, tmp_p
     with Image.open(clip) as video:
         assert video.n_frames == 5 and video.size == (32, 32)
     assert metadata.read(clip.with_suffix(".png"))["settings"]["num_frames"] == 5
-    boxes = json.loads(Image.open(grid).text["pladis:panels"])
+    boxes = json.loads(load_image(grid).text["pladis:panels"])
     assert len(boxes) == 2 and len(boxes[0]) == 4  # stock and PLADIS rows, 4 frames each
-    strip = Image.open(grid)
+    strip = load_image(grid)
     stock = np.asarray(strip.crop(tuple(boxes[0][0])), dtype=int)
     pladis_frame = np.asarray(strip.crop(tuple(boxes[1][0])), dtype=int)
     assert stock.shape == (128, 128, 3) and np.abs(stock - pladis_frame).max() > 0  # 32 px frames shown 4x

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import pladis
+from image_helpers import load_image
 from pladis import maps as pladis_maps
 from pladis.adapters import record_attention
 from pladis.testing import transformers as tiny_transformers
@@ -118,7 +119,6 @@ def test_word_positions_and_clear_errors():
 
 
 def test_cli_writes_the_figure_and_arrays(tmp_path):
-    from PIL import Image
     from typer.testing import CliRunner
 
     from pladis import cli
@@ -129,11 +129,12 @@ def test_cli_writes_the_figure_and_arrays(tmp_path):
                                           "--tokens", "dog,rabbit", "--out", str(out), "--steps", "2", "--size", "32",
                                           "--device", "cpu"])  # fmt: skip
     assert result.exit_code == 0, result.output
-    figure = Image.open(out)
+    figure = load_image(out)
     assert figure.width > 3 * 32 and figure.height > 2 * 32  # image + two token columns, baseline and PLADIS rows
-    arrays = np.load(tmp_path / "maps.npz")
-    assert {"baseline/map.dog", "pladis/map.rabbit", "tokens"} <= set(arrays.files)
-    layers = [k for k in arrays.files if k.startswith("pladis/unet.") and not k.endswith(".count")]
+    with np.load(tmp_path / "maps.npz") as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    assert {"baseline/map.dog", "pladis/map.rabbit", "tokens"} <= set(arrays)
+    layers = [k for k in arrays if k.startswith("pladis/unet.") and not k.endswith(".count")]
     assert layers and all(arrays[k].shape[-1] == 3 + 6 for k in layers)  # dog: 3 tokens, rabbit: 6
     assert not np.array_equal(arrays["baseline/map.dog"], arrays["pladis/map.dog"])
 

@@ -8,6 +8,7 @@ the handle's scale is untouched; `pladis.remove` restores the pipeline's class.
 
 from __future__ import annotations
 
+import gc
 import logging
 import warnings
 from collections.abc import Callable
@@ -69,6 +70,7 @@ class _Records(logging.Handler):
 
 def quiet_run(pipe, case: Case, **extra) -> np.ndarray:
     """`run`, asserting diffusers logs no warning and Python raises none."""
+    gc.collect()  # earlier tests' garbage (an unclosed file's ResourceWarning) is not this call's
     handler, logger = _Records(), logging.getLogger("diffusers")
     logger.addHandler(handler)
     try:

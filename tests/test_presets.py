@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import pladis
+from image_helpers import load_image
 from pladis import cli, presets
 from pladis.cli import generate as generate_command
 from pladis.cli import loading
@@ -217,7 +218,6 @@ def test_seg_presets_need_the_seg_module_or_load_it(sdxl_dir, monkeypatch):
 
 def test_the_embedded_model_is_a_model_name_for_every_command(tmp_path):
     """`--preset demo` / `--model demo` load the shipped model through the same path as a Hub model."""
-    from PIL import Image
     from typer.testing import CliRunner
 
     from pladis import cli, metadata
@@ -228,8 +228,8 @@ def test_the_embedded_model_is_a_model_name_for_every_command(tmp_path):
     assert result.exit_code == 0, result.output
     settings = metadata.read(out)["settings"]
     assert settings["preset"] == "demo" and settings["steps"] == 2 and settings["guidance"] == 4.0
-    assert Image.open(out).width > 2 * 128  # the 32 px images are shown enlarged
+    assert load_image(out).width > 2 * 128  # the 32 px images are shown enlarged
     result = CliRunner().invoke(cli.app, ["generate", "--model", "demo", "-p", "a red circle", "--steps", "2",
                                           "--device", "cpu", "--out", str(tmp_path / "m.png")])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert Image.open(tmp_path / "m.png").size == (32, 32)
+    assert load_image(tmp_path / "m.png").size == (32, 32)

@@ -10,6 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import pladis
+from image_helpers import load_image
 from pladis import cli, metadata
 from pladis.cli import loading
 from pladis.cli import sweep as sweep_command
@@ -68,7 +69,7 @@ def test_sweep_writes_a_labelled_grid_per_seed(model_dir, tmp_path, counted):
     assert [g["path"] for g in index["grids"]] == ["grid_seed0.png", "grid_seed1.png"]
     assert len(index["images"]) == 2 * 2 * 3 and index["scales"] == [0.0, 2.0, 3.0] and index["alphas"] == [1.5, 2.0]
     assert len(list((out / "images").glob("*.png"))) == 2 * (1 + 2 * 2)
-    grid = Image.open(out / "grid_seed0.png")
+    grid = load_image(out / "grid_seed0.png")
     boxes = json.loads(grid.text["pladis:panels"])
     assert [len(row) for row in boxes] == [3, 3]  # rows alpha, columns scale
     cell = {(r, c): np.asarray(grid.crop(tuple(boxes[r][c])), dtype=int) for r in range(2) for c in range(3)}
@@ -94,8 +95,8 @@ def test_a_swept_image_is_the_one_generate_makes_and_a_rerun_resumes(model_dir, 
                                      "--steps", "2", "--size", str(SIZE), "--seed", "3", "--scale", "2", "--alpha",
                                      "1.5", "--out", str(single)])  # fmt: skip
     assert result.exit_code == 0, result.output
-    swept = np.asarray(Image.open(out / "images" / "seed3_alpha1.5_scale2.0.png"))
-    assert np.array_equal(swept, np.asarray(Image.open(single)))  # re-scaled in place == applied afresh
+    swept = np.asarray(load_image(out / "images" / "seed3_alpha1.5_scale2.0.png"))
+    assert np.array_equal(swept, np.asarray(load_image(single)))  # re-scaled in place == applied afresh
     monkeypatch.setattr(sweep_command, "run_batch", lambda *a, **k: pytest.fail("re-generated a finished image"))
     assert sweep(model_dir, out, "--scales", "2", "--alphas", "1.25,1.5", "--seeds", "3").exit_code == 0
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from image_helpers import load_image
 from pladis import files
 from pladis.cli import app
 from pladis.demo import model
@@ -242,8 +243,9 @@ def test_images_gifs_and_arrays_are_written_atomically_with_the_usual_mode(tmp_p
         os.umask(old_umask)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.jpg", "c.gif", "d.npz"]
     assert {p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {0o644}
-    assert [Image.open(tmp_path / n).format for n in ("a.png", "b.jpg", "c.gif")] == ["PNG", "JPEG", "GIF"]
-    assert np.load(tmp_path / "d.npz")["x"].tolist() == [1.0, 1.0, 1.0]
+    assert [load_image(tmp_path / n).format for n in ("a.png", "b.jpg", "c.gif")] == ["PNG", "JPEG", "GIF"]
+    with np.load(tmp_path / "d.npz") as npz:
+        assert npz["x"].tolist() == [1.0, 1.0, 1.0]
 
 
 def test_save_by_time_and_no_resume_starts_fresh(tmp_path):

@@ -35,6 +35,14 @@ def to_uint8(images: list, size: tuple[int, int] | None = None) -> torch.Tensor:
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def _read_rgb(path: Path):
+    """The image at `path` in RGB, its file closed (a folder of thousands of references must not hold them open)."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
 def reference_images(folder: Path) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
@@ -75,8 +83,6 @@ class FID:
         self._real_size: tuple[int, int] | None = None
 
     def add_reference(self, size: tuple[int, int], batch_size: int = 32, progress=None) -> None:
-        from PIL import Image
-
         if self._real_size == size:
             return
         if self._real_size is not None:
@@ -84,7 +90,7 @@ class FID:
             self.metric.reset()
             self.metric.reset_real_features = False
         for i in range(0, len(self.reference), batch_size):
-            images = [Image.open(p) for p in self.reference[i : i + batch_size]]
+            images = [_read_rgb(p) for p in self.reference[i : i + batch_size]]
             self.metric.update(to_uint8(images, size).to(self.device), real=True)
             if progress is not None:
                 progress(len(images))
