@@ -116,6 +116,18 @@ def by_category(tests: dict[str, dict], spec: str, title: str) -> list[str]:
     return [*lines, ""]
 
 
+def per_category(result: dict, spec: str) -> dict:
+    """{category: {"stock": ..., "pladis": ...}} for every checker category with prompts."""
+    return {
+        category: {
+            "stock": measured(result, "baseline", f"alignment:{category}"),
+            "pladis": measured(result, config_name(result, spec), f"alignment:{category}"),
+        }
+        for category in CATEGORIES
+        if result["configs"]["baseline"].get(f"alignment:{category}", {}).get("n_prompts")
+    }
+
+
 def weights_sha(weights: Path | None) -> str | None:
     from pladis.demo.model import UNET_FILE, WEIGHTS_DIR
     from pladis.demo.study import file_sha256
@@ -188,7 +200,8 @@ def main(argv: list[str] | None = None) -> dict:
         "schema": "pladis-demo-study/1",
         "source": f"scripts/demo_study.py: validation n={args.n_validation}, test n={args.n_test} per split, "
         f"{args.steps} steps, CFG {args.cfg:g}, checker category 'all' ({time.perf_counter() - start:.0f} s on "
-        f"{args.device}); tables in docs/demo-study.md",
+        f"{args.device} in the last invocation; finished stages are not redone); tables in "
+        f"{args.markdown or args.out / 'study.md'}",
         "weights_sha256": weights_sha(args.weights),
         "chosen_on": f"validation prompts ({validation_prompts}): the largest paired gain in 'all' of "
         f"{len(candidates)} settings",
@@ -203,22 +216,9 @@ def main(argv: list[str] | None = None) -> dict:
             split: {"stock": measured(r, "baseline"), "pladis": measured(r, config_name(r, best_spec))}
             for split, r in tests.items()
         },
-        "categories": {
-            split: {
-                category: {
-                    "stock": measured(r, "baseline", f"alignment:{category}"),
-                    "pladis": measured(r, config_name(r, best_spec), f"alignment:{category}"),
-                }
-                for category in CATEGORIES
-                if r["configs"]["baseline"].get(f"alignment:{category}", {}).get("n_prompts")
-            }
-            for split, r in tests.items()
-        },
+        "categories": {split: per_category(r, best_spec) for split, r in tests.items()},
         "checkpoints": {
-            name: {
-                split: {"stock": measured(r, "baseline"), "pladis": measured(r, config_name(r, best_spec))}
-                for split, r in results.items()
-            }
+            name: {split: per_category(r, best_spec) for split, r in results.items()}
             for name, results in checkpoints.items()
         },
     }
@@ -232,6 +232,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, results in checkpoints.items():
         for split, result in results.items():
             lines += table(result, f"Checkpoint {name}, {split} compositions (demo:{split}:{args.n_checkpoint})")
+        lines += by_category(results, best_spec, f"Checkpoint {name} by checker category: stock and {best_spec[7:]}")
     text = "\n".join(lines)
     files.write_json(args.out / "study.json", study)
     files.atomic_write_text(args.out / "study.md", text)

@@ -49,13 +49,14 @@ def test_study_chooses_on_validation_and_writes_what_the_demo_reads(tmp_path):
     assert text.startswith("# The embedded model's PLADIS study")
     # the checkpoint question: the same comparison on another weights folder, one prompt per split
     checkpoint = study["checkpoints"][WEIGHTS_DIR.name]
-    assert set(checkpoint) == {"seen", "heldout"} and checkpoint["seen"]["stock"]["n"] == 1
+    assert set(checkpoint) == {"seen", "heldout"} and checkpoint["seen"]["all"]["stock"]["n"] == 1
     assert json.loads((out / f"ckpt-{WEIGHTS_DIR.name}-seen" / "manifest.json").read_text())["complete"]
     assert f"### Checkpoint {WEIGHTS_DIR.name}, seen compositions" in text
     # per checker category, stock and the chosen setting on both splits (table and JSON agree)
     all_seen = study["categories"]["seen"]["all"]
     assert all_seen == study["splits"]["seen"]
     assert "| category | seen: stock |" in text
+    assert f"### Checkpoint {WEIGHTS_DIR.name} by checker category" in text
 
 
 def test_checkpoint_folders_are_checked_before_any_generation(tmp_path, capsys):
