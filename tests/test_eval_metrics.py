@@ -233,3 +233,17 @@ def test_fid_plumbing_matches_the_closed_form(tmp_path):
     s1, s2 = np.cov(real, rowvar=False), np.cov(fake, rowvar=False)
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * np.real(linalg.sqrtm(s1 @ s2)))
     assert value == pytest.approx(expected, rel=1e-3, abs=1e-4) and value > 0
+
+
+def test_a_checkpoint_the_hub_cannot_give_is_one_error_naming_the_option(monkeypatch):
+    import huggingface_hub
+
+    from pladis.evaluation.metrics import MetricError
+    from pladis.evaluation.metrics.imagereward import ImageReward
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    with pytest.raises(MetricError, match=r"metric 'imagereward': could not get .*--imagereward-checkpoint FILE"):
+        ImageReward()

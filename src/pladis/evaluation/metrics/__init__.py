@@ -44,6 +44,19 @@ def require(metric: str, module: str, package: str, pip: str):
         raise MissingBackend(metric, package, pip) from None
 
 
+def hub_checkpoint(metric: str, repo: str, filename: str, option: str) -> str:
+    """The local path of `repo`/`filename` from the hub cache or the network; one MetricError naming `option`."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return hf_hub_download(repo, filename)
+    except Exception as e:
+        raise MetricError(
+            f"metric '{metric}': could not get {repo}/{filename} ({type(e).__name__}); with no network pass "
+            f"{option} FILE"
+        ) from None
+
+
 def parse_metrics(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in ALL]

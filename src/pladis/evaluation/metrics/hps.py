@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import MetricError, require
+from . import hub_checkpoint, require
 
 PIP = "pip install 'pladis[hps]'  (that is: pip install open_clip_torch torchvision)"
 CHECKPOINT_REPO = "xswu/HPSv2"
@@ -23,15 +23,7 @@ class HPSv21:
     def __init__(self, checkpoint: str | None = None, device: str = "cpu", **_):
         open_clip = require(self.name, "open_clip", "open_clip_torch (and torchvision)", PIP)
         if checkpoint is None:
-            from huggingface_hub import hf_hub_download
-
-            try:
-                checkpoint = hf_hub_download(CHECKPOINT_REPO, CHECKPOINT_FILE)
-            except Exception as e:
-                raise MetricError(
-                    f"metric 'hps': could not get {CHECKPOINT_REPO}/{CHECKPOINT_FILE} ({type(e).__name__}); "
-                    "with no network pass --hps-checkpoint FILE"
-                ) from None
+            checkpoint = hub_checkpoint(self.name, CHECKPOINT_REPO, CHECKPOINT_FILE, "--hps-checkpoint")
         model, _, self.preprocess = open_clip.create_model_and_transforms(ARCH, pretrained=None)
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import MetricError, load_hf
+from . import MetricError, hub_checkpoint, load_hf
 
 CHECKPOINT_REPO = "THUDM/ImageReward"
 CHECKPOINT_FILE = "ImageReward.pt"
@@ -199,15 +199,7 @@ class ImageReward:
             self.id = "custom"
         else:
             if checkpoint is None:
-                from huggingface_hub import hf_hub_download
-
-                try:
-                    checkpoint = hf_hub_download(CHECKPOINT_REPO, CHECKPOINT_FILE)
-                except Exception as e:
-                    raise MetricError(
-                        f"metric 'imagereward': could not get {CHECKPOINT_REPO}/{CHECKPOINT_FILE} "
-                        f"({type(e).__name__}); with no network pass --imagereward-checkpoint FILE"
-                    ) from None
+                checkpoint = hub_checkpoint(self.name, CHECKPOINT_REPO, CHECKPOINT_FILE, "--imagereward-checkpoint")
             self.model = ImageRewardModel()
             load_checkpoint(checkpoint, self.model)
             self.tokenizer = tokenizer_for(tokenizer)
