@@ -9,6 +9,7 @@ exact ``pip install`` command.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 PER_IMAGE = ("clip", "pick", "imagereward", "hps", "alignment")
@@ -81,6 +82,21 @@ def load_hf(metric: str, cls, source: str, option: str, **kwargs: Any):
             f"metric {metric!r}: could not load {source!r} ({type(e).__name__}: {detail}); "
             f"with no network, download it elsewhere and pass {option} LOCAL_FOLDER"
         ) from None
+
+
+def load_clip(
+    metric: str, model: str, processor: str, options: tuple[str, str], device: str, loader: Callable | None = None
+) -> tuple[Any, Any, str]:
+    """(CLIPModel on `device` in eval mode, CLIPProcessor, id) from hub names or a test `loader`; `options` are the
+    flags that point at local copies of the model and the processor."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    if loader is not None:
+        clip, proc = loader()
+    else:
+        clip = load_hf(metric, CLIPModel, model, options[0])
+        proc = load_hf(metric, CLIPProcessor, processor, options[1])
+    return clip.to(device).eval(), proc, model if loader is None else "custom"
 
 
 def features(output) -> Any:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import features, load_hf
+from . import features, load_clip
 
 DEFAULT_MODEL = "openai/clip-vit-large-patch14"
 
@@ -19,16 +19,9 @@ class ClipScore:
     name = "clip"
 
     def __init__(self, model: str = DEFAULT_MODEL, device: str = "cpu", loader: Callable | None = None, **_):
-        from transformers import CLIPModel, CLIPProcessor
-
-        if loader is not None:
-            self.model, self.processor = loader()
-        else:
-            self.model = load_hf(self.name, CLIPModel, model, "--clip-model")
-            self.processor = load_hf(self.name, CLIPProcessor, model, "--clip-model")
-        self.model = self.model.to(device).eval()
+        options = ("--clip-model", "--clip-model")
+        self.model, self.processor, self.id = load_clip(self.name, model, model, options, device, loader)
         self.device = device
-        self.id = model if loader is None else "custom"
 
     @torch.no_grad()
     def score(self, images: list, prompts: list[str]) -> list[float]:

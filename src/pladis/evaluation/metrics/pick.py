@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from . import features, load_hf
+from . import features, load_clip
 
 DEFAULT_MODEL = "yuvalkirstain/PickScore_v1"
 DEFAULT_PROCESSOR = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -27,16 +27,9 @@ class PickScore:
         loader: Callable | None = None,
         **_,
     ):
-        from transformers import CLIPModel, CLIPProcessor
-
-        if loader is not None:
-            self.model, self.processor = loader()
-        else:
-            self.model = load_hf(self.name, CLIPModel, model, "--pick-model")
-            self.processor = load_hf(self.name, CLIPProcessor, processor, "--pick-processor")
-        self.model = self.model.to(device).eval()
+        options = ("--pick-model", "--pick-processor")
+        self.model, self.processor, self.id = load_clip(self.name, model, processor, options, device, loader)
         self.device = device
-        self.id = model if loader is None else "custom"
 
     @torch.no_grad()
     def score(self, images: list, prompts: list[str]) -> list[float]:
