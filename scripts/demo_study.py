@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pladis import files
 from pladis.evaluation.generate import GenerateOptions, generate_run
-from pladis.evaluation.report import analyse, collect, markdown
+from pladis.evaluation.report import analyse, collect, markdown, plot
 from pladis.evaluation.score import ScoreOptions, score_run
 
 METRIC = "alignment:all"
@@ -58,6 +58,7 @@ def run_stage(
     score_run(ScoreOptions(run, ["alignment"], device=args.device))
     result = analyse(collect([run]), "baseline")
     files.atomic_write_text(run / "report.md", markdown(result, [run]))
+    plot(result, run / "report.png")
     return result
 
 
@@ -114,6 +115,34 @@ def by_category(tests: dict[str, dict], spec: str, title: str) -> list[str]:
             row += [f"{stock['mean']:.3f} (n={stock['n_prompts']})", shown + ("" if delta["significant"] else " n.s.")]
         lines.append("| " + " | ".join(row) + " |")
     return [*lines, ""]
+
+
+def training_table(stages: list[tuple[str, str, dict]], specs: list[str]) -> list[str]:
+    """Stock and each compared setting across the run's checkpoints: (weights, split, result) rows."""
+    head = " | ".join(f"{spec[7:]}: Δ [95 % CI]" for spec in specs)
+    lines = ["### Across training (category all)", "", f"| weights | split | stock | {head} |"]
+    lines.append("|---|---|---|" + "---|" * len(specs))
+    for label, split, result in stages:
+        stock = result["configs"]["baseline"][METRIC]
+        row = [label, split, f"{stock['mean']:.3f} (n={stock['n_prompts']})"]
+        for spec in specs:
+            delta = result["configs"][config_name(result, spec)][METRIC]["delta"]
+            row.append(
+                f"{delta['mean']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]"
+                + ("" if delta["significant"] else " n.s.")
+            )
+        lines.append("| " + " | ".join(row) + " |")
+    return [*lines, ""]
+
+
+def trained_on(folder: Path | None) -> str:
+    """'step S of T (N k images)' from an exported weights folder's config."""
+    from pladis.demo.model import load_config
+
+    meta = load_config(folder).get("meta", {})
+    if not meta.get("steps"):
+        return "final"
+    return f"step {meta['steps']} of {meta.get('total_steps', '?')} ({meta.get('images_seen', 0) / 1000:.0f} k images)"
 
 
 def per_category(result: dict, spec: str) -> dict:
@@ -233,6 +262,20 @@ def main(argv: list[str] | None = None) -> dict:
         for split, result in results.items():
             lines += table(result, f"Checkpoint {name}, {split} compositions (demo:{split}:{args.n_checkpoint})")
         lines += by_category(results, best_spec, f"Checkpoint {name} by checker category: stock and {best_spec[7:]}")
+    stages = [
+        (f"{folder.name}, {trained_on(folder)}", split, checkpoints[folder.name][split])
+        for folder in args.checkpoints
+        for split in ("seen", "heldout")
+    ]
+    stages += [(f"final, {trained_on(args.weights)}", split, tests[split]) for split in ("seen", "heldout")]
+    lines += training_table(stages, compared)
+    plots = {"validation": validation, "test-seen": tests["seen"], "test-heldout": tests["heldout"]}
+    if args.markdown:
+        copies = {stage: args.markdown.with_name(f"{args.markdown.stem}-{stage}.png") for stage in plots}
+        for stage, path in copies.items():
+            files.atomic_write(path, lambda tmp, src=args.out / stage / "report.png": tmp.write_bytes(src.read_bytes()))
+        links = ", ".join(f"[{stage}]({path.name})" for stage, path in copies.items())
+        lines[4:4] = [f"Plots (Δ to stock per checker category, 95 % CI): {links}.", ""]
     text = "\n".join(lines)
     files.write_json(args.out / "study.json", study)
     files.atomic_write_text(args.out / "study.md", text)

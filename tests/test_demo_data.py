@@ -131,6 +131,27 @@ def round_trip(vae, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return z, ((vae.decode(z / vae.config.scaling_factor).sample + 1) / 2).clamp(0, 1)
 
 
+def test_autoencoder_loss_weighs_the_edges_of_objects():
+    """The reconstruction loss weighs pixels at an object's edge (its corners included) above flat ones."""
+    img = -torch.ones(1, 3, 16, 16)
+    img[:, 0, 4:10, 4:10] = 1.0  # a red 6x6 square on black
+    w = tr.edge_weights(img, weight=8.0)[0, 0]
+    edge = w > 1
+    assert w.unique().tolist() == [1.0, 9.0]
+    assert edge[4, 4] and edge[3, 3] and edge[9, 9] and edge[10, 10]  # corners and the ring just outside them
+    assert not edge[6:8, 6:8].any() and not edge[0, 0] and not edge[13, 13]  # inside and far background are flat
+    assert not tr.edge_weights(torch.zeros(1, 3, 8, 8)).ne(1).any()  # a blank image has no edges
+    # an error on one corner pixel costs more than the same error on a flat background pixel
+    at_corner, at_flat = img.clone(), img.clone()
+    at_corner[:, 0, 4, 4] = -1.0
+    at_flat[:, 0, 14, 1] = 1.0
+
+    def cost(rec):
+        return float((((rec - img).abs() + (rec - img) ** 2) * tr.edge_weights(img)).mean())
+
+    assert cost(at_corner) > 5 * cost(at_flat)
+
+
 def test_autoencoder_phase_learns_and_generalises_to_heldout_scenes(tmp_path):
     """A short autoencoder phase (training split only) reconstructs held-out scenes about as well as seen ones."""
     from pladis.demo import model
@@ -149,7 +170,7 @@ def test_autoencoder_phase_learns_and_generalises_to_heldout_scenes(tmp_path):
     seen = scenes.sample_scenes(128, seed=5, split="seen").images
     held = scenes.sample_scenes(128, seed=5, split="heldout").images
     z, rec_held = round_trip(vae, held)
-    assert z.shape == (128, 4, 8, 8) and 0.5 < float(z.std()) < 2.0  # the measured scaling factor
+    assert z.shape == (128, model.LATENT_CHANNELS, 8, 8) and 0.5 < float(z.std()) < 2.0  # measured scaling factor
     err_held = float((rec_held - held).abs().mean())
     err_seen = float((round_trip(vae, seen)[1] - seen).abs().mean())
     err_untrained = float((round_trip(untrained, held)[1] - held).abs().mean())
@@ -169,7 +190,7 @@ def test_shipped_autoencoder_round_trip_on_heldout_scenes():
     vae = load_demo_pipeline(device="cpu").vae
     b = scenes.sample_scenes(200, seed=99, split="heldout")
     z, rec = round_trip(vae, b.images)
-    assert z.shape == (200, 4, 8, 8) and 0.5 < float(z.std()) < 2.0
+    assert z.shape == (200, vae.config.latent_channels, 8, 8) and 0.5 < float(z.std()) < 2.0
     mae = float((rec - b.images).abs().mean())
     psnr = float(-10 * torch.log10(((rec - b.images) ** 2).mean()))
     assert mae < 0.02 and psnr > 24, (mae, psnr)

@@ -26,10 +26,10 @@ def test_study_chooses_on_validation_and_writes_what_the_demo_reads(tmp_path):
     from pladis.demo.model import WEIGHTS_DIR
 
     script = load_script()
-    out, settings = tmp_path / "study", tmp_path / "demo_study.json"
+    out, settings, doc = tmp_path / "study", tmp_path / "demo_study.json", tmp_path / "docs" / "study.md"
     study = script.main(["--out", str(out), "--n-validation", "2", "--n-test", "2", "--steps", "2", "--other-cfgs",
                          "", "--batch-size", "16", "--write-json", str(settings), "--checkpoints", str(WEIGHTS_DIR),
-                         "--n-checkpoint", "1"])  # fmt: skip
+                         "--n-checkpoint", "1", "--markdown", str(doc)])  # fmt: skip
     validation = json.loads((out / "validation" / "manifest.json").read_text())
     assert len(validation["samples"]) == 1 + len(script.GRID) + len(script.QUESTIONS)  # every setting generated
     report = script.analyse(script.collect([out / "validation"]), "baseline")
@@ -57,6 +57,16 @@ def test_study_chooses_on_validation_and_writes_what_the_demo_reads(tmp_path):
     assert all_seen == study["splits"]["seen"]
     assert "| category | seen: stock |" in text
     assert f"### Checkpoint {WEIGHTS_DIR.name} by checker category" in text
+    # across training: each checkpoint and the final weights, both splits, stock and each compared setting
+    rows = [line for line in text.splitlines() if line.startswith(f"| {WEIGHTS_DIR.name}, ")]
+    assert [row.split(" | ")[1] for row in rows] == ["seen", "heldout"]
+    assert sum(line.startswith("| final, ") for line in text.splitlines()) == 2
+    # the docs copy links its plots, written next to it as PNGs
+    doc_text = doc.read_text()
+    assert doc_text.replace("](study-", "](").count("](") >= 3 and "## " not in doc_text.split("Plots")[0]
+    for stage in ("validation", "test-seen", "test-heldout"):
+        png = doc.with_name(f"study-{stage}.png")
+        assert f"]({png.name})" in doc_text and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_checkpoint_folders_are_checked_before_any_generation(tmp_path, capsys):

@@ -1,9 +1,9 @@
 """The demo model: a standard diffusers ``StableDiffusionPipeline`` around a tiny latent diffusion model trained on scenes.
 
 * text: word-level tokenizer (77 ids, end-token padding) + causal ``CLIPTextModel`` (see ``text.py``)
-* vae: a small trained ``AutoencoderKL`` (32x32 RGB <-> 8x8x4 latents, learned up-sampling in the decoder,
+* vae: a small trained ``AutoencoderKL`` (32x32 RGB <-> 8x8x8 latents, learned up-sampling in the decoder,
   latents multiplied by ``scaling_factor`` as in SD)
-* unet: ``UNet2DConditionModel`` on the 8x8x4 latents, cross-attention (4 heads) in the down blocks at 8x8 and
+* unet: ``UNet2DConditionModel`` on the 8x8x8 latents, cross-attention (4 heads) in the down blocks at 8x8 and
   4x4, the 4x4 middle and the up blocks, so the down/mid/up layer groups of the paper all exist
 * scheduler: cosine schedule, v-prediction; DPM-Solver++ for sampling.
 
@@ -42,11 +42,13 @@ VAE_FILE = "demo_vae.safetensors"
 
 IMAGE_SIZE = 32
 PATCH = 2  # the legacy pixel-space model's "latent" patch
-LATENT_CHANNELS = 4
+LATENT_CHANNELS = 8  # 4 (SD) rounds the corners of 4 px squares at 8x8; 8 keeps them, as SD3/FLUX widen to 16
 VAE_FACTOR = 4  # 32x32 images <-> 8x8 latents
 
 
-def vae_config(widths=(32, 64, 64), layers_per_block: int = 1, groups: int = 16) -> dict:
+def vae_config(
+    widths=(32, 64, 64), layers_per_block: int = 1, groups: int = 16, latent_channels: int = LATENT_CHANNELS
+) -> dict:
     """A small SD-style ``AutoencoderKL``: each encoder level halves the size except the last (2 ** (len - 1))."""
     return dict(
         in_channels=3,
@@ -55,7 +57,7 @@ def vae_config(widths=(32, 64, 64), layers_per_block: int = 1, groups: int = 16)
         up_block_types=["UpDecoderBlock2D"] * len(widths),
         block_out_channels=list(widths),
         layers_per_block=layers_per_block,
-        latent_channels=LATENT_CHANNELS,
+        latent_channels=latent_channels,
         norm_num_groups=groups,
         sample_size=IMAGE_SIZE,
         scaling_factor=1.0,  # set from the trained encoder's latent spread (see train.py)
@@ -63,7 +65,7 @@ def vae_config(widths=(32, 64, 64), layers_per_block: int = 1, groups: int = 16)
 
 
 def unet_config(width: int = 64, cross_dim: int = 128, layers_per_block: int = 1) -> dict:
-    """The UNet on 8x8x4 latents: cross-attention at 8x8 and 4x4 in down, mid and up blocks."""
+    """The UNet on 8x8x8 latents: cross-attention at 8x8 and 4x4 in down, mid and up blocks."""
     return dict(
         sample_size=IMAGE_SIZE // VAE_FACTOR,
         in_channels=LATENT_CHANNELS,
