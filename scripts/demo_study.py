@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.markdown:
         copies = {stage: args.markdown.with_name(f"{args.markdown.stem}-{stage}.png") for stage in plots}
         for stage, path in copies.items():
-            files.atomic_write(path, lambda tmp, src=args.out / stage / "report.png": tmp.write_bytes(src.read_bytes()))
+            files.atomic_copy(args.out / stage / "report.png", path)
         links = ", ".join(f"[{stage}]({path.name})" for stage, path in copies.items())
         lines[4:4] = [f"Plots (Δ to stock per checker category, 95 % CI): {links}.", ""]
     text = "\n".join(lines)

@@ -42,7 +42,7 @@ VAE_FILE = "demo_vae.safetensors"
 
 IMAGE_SIZE = 32
 PATCH = 2  # the legacy pixel-space model's "latent" patch
-LATENT_CHANNELS = 8  # 4 (SD) rounds the corners of 4 px squares at 8x8; 8 keeps them, as SD3/FLUX widen to 16
+LATENT_CHANNELS = 8  # at 4 (SD's) the corners of small squares came back rounded; SD3/FLUX widen to 16
 VAE_FACTOR = 4  # 32x32 images <-> 8x8 latents
 
 
