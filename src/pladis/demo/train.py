@@ -19,8 +19,9 @@ it as ``steps`` reproduces the run.
 A latent model (a config with ``"vae"``) trains in two phases, as SD's parts were: first the autoencoder
 (``ae_steps`` steps of edge-weighted L1 + MSE reconstruction with a tiny KL term, its own log
 ``ae_loss_log.csv``), then its latent scale is measured and it is frozen, and the UNet and text encoder train on
-its latents. Both phases resume from the same checkpoint. The UNet phase exports its EMA weights at 10 %, 30 % and 100 % of its steps to
-``checkpoints/step_NNNNNN/`` (for studies across training), and the final ones to ``weights/``.
+its latents. Both phases resume from the same checkpoint. The UNet phase exports its EMA weights at 10 %, 30 % and
+100 % of its steps to ``checkpoints/step_NNNNNN/`` (for studies across training), and the final ones to
+``weights/``.
 
 Training data never shows a held-out composition (``scenes.sample_layout(split="train")``).
 """
