@@ -79,14 +79,18 @@ def measured(result: dict, name: str, metric: str = METRIC) -> dict:
     return entry
 
 
+def delta_text(delta: dict) -> str:
+    """'+0.027 [-0.135, +0.189] n.s.': a paired difference, its 95 % interval, and n.s. where that crosses 0."""
+    shown = f"{delta['mean']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]"
+    return shown + ("" if delta["significant"] else " n.s.")
+
+
 def table(result: dict, title: str) -> list[str]:
     lines = [f"### {title}", "", "| setting | all | Δ vs stock [95 % CI] |", "|---|---|---|"]
     for info in result["configs"].values():
         cell = info[METRIC]
         delta = cell.get("delta")
-        shown = "" if delta is None else f"{delta['mean']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]"
-        if delta is not None and not delta["significant"]:
-            shown += " n.s."
+        shown = "" if delta is None else delta_text(delta)
         lines.append(
             f"| {info['label']} | {cell['mean']:.3f} [{cell['ci95'][0]:.3f}, {cell['ci95'][1]:.3f}] | {shown} |"
         )
@@ -110,9 +114,7 @@ def by_category(tests: dict[str, dict], spec: str, title: str) -> list[str]:
             if stock is None or cell is None or not cell["n_prompts"]:
                 row += ["–", "–"]
                 continue
-            delta = cell["delta"]
-            shown = f"{delta['mean']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]"
-            row += [f"{stock['mean']:.3f} (n={stock['n_prompts']})", shown + ("" if delta["significant"] else " n.s.")]
+            row += [f"{stock['mean']:.3f} (n={stock['n_prompts']})", delta_text(cell["delta"])]
         lines.append("| " + " | ".join(row) + " |")
     return [*lines, ""]
 
@@ -125,12 +127,7 @@ def training_table(stages: list[tuple[str, str, dict]], specs: list[str]) -> lis
     for label, split, result in stages:
         stock = result["configs"]["baseline"][METRIC]
         row = [label, split, f"{stock['mean']:.3f} (n={stock['n_prompts']})"]
-        for spec in specs:
-            delta = result["configs"][config_name(result, spec)][METRIC]["delta"]
-            row.append(
-                f"{delta['mean']:+.3f} [{delta['ci95'][0]:+.3f}, {delta['ci95'][1]:+.3f}]"
-                + ("" if delta["significant"] else " n.s.")
-            )
+        row += [delta_text(result["configs"][config_name(result, spec)][METRIC]["delta"]) for spec in specs]
         lines.append("| " + " | ".join(row) + " |")
     return [*lines, ""]
 
@@ -269,9 +266,9 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     stages += [(f"final, {trained_on(args.weights)}", split, tests[split]) for split in ("seen", "heldout")]
     lines += training_table(stages, compared)
-    plots = {"validation": validation, "test-seen": tests["seen"], "test-heldout": tests["heldout"]}
     if args.markdown:
-        copies = {stage: args.markdown.with_name(f"{args.markdown.stem}-{stage}.png") for stage in plots}
+        stages_plotted = ("validation", "test-seen", "test-heldout")
+        copies = {stage: args.markdown.with_name(f"{args.markdown.stem}-{stage}.png") for stage in stages_plotted}
         for stage, path in copies.items():
             files.atomic_copy(args.out / stage / "report.png", path)
         links = ", ".join(f"[{stage}]({path.name})" for stage, path in copies.items())
