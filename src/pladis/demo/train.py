@@ -560,7 +560,7 @@ def train(
 
     last_loss = float("nan")
     step0 = step
-    last_save = time.time()
+    last_save = t_unet = time.time()  # the UNet's images/s leaves out the autoencoder phase before it
     calib_t0 = None
     with open(log_path, "a", newline="") as log_f, _stop_on_signals() as stop:
         logw = csv.writer(log_f, lineterminator="\n")
@@ -611,7 +611,7 @@ def train(
             if step % log_every == 0 or (total is not None and step == total):
                 last_loss = (loss_sum + loss_acc.item()) / loss_n
                 run_s = time.time() - t_loop
-                ips = (step - step0) * batch_size / max(run_s, 1e-9)
+                ips = (step - step0) * batch_size / max(time.time() - t_unet, 1e-9)
                 el = elapsed_before + run_s
                 logw.writerow([step, images_seen, f"{last_loss:.5f}", f"{cur_lr:.2e}", f"{el:.1f}", f"{ips:.0f}"])
                 log_f.flush()
