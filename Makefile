@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_PIN ?= torch==2.13.0
 TORCH_ARGS ?=  # e.g. --index-url https://download.pytorch.org/whl/cpu for the CPU wheel from PyPI's CUDA default
 
-.PHONY: venv demo test test-lowest lint bench clean
+.PHONY: venv demo test test-lowest lint bench gpu-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,8 @@ bench: venv
 	$(PY) benchmarks/bench_entmax.py
 	$(PY) benchmarks/bench_pipeline.py
 
+gpu-deps:  # diffusers for a lent GPU machine, whose image has torch and transformers (scripts/gpu_train_demo.sh)
+	$(PYTHON) -m pip install -q --no-compile --no-deps --target .gpu diffusers==0.42.1
+
 clean:
-	rm -rf $(VENV) .venv-lowest
+	rm -rf $(VENV) .venv-lowest .gpu

@@ -315,6 +315,8 @@ BAD_TRAIN = [
     (["--save-minutes", "0"], "--save-minutes"),
     (["--device", "gpu0"], "--device"),
     (["--force"], "--force"),
+    (["--ae-share", "0"], "--ae-share"),
+    (["--ae-share", "1"], "--ae-share"),
 ]
 
 
@@ -384,6 +386,12 @@ def test_summary_json_is_strict_when_loss_is_undefined(tmp_path):
     assert strict_json(tmp_path / tr.SUMMARY_FILE)["final_loss"] is None
     assert strict_json(tmp_path / "weights" / model.CONFIG_FILE)["meta"]["final_loss"] is None
     assert files.dumps({"x": float("nan"), "y": [float("inf")]}) == '{"x": null, "y": [null]}'
+
+
+def test_autoencoder_share_of_the_steps(tmp_path):
+    assert run_tiny(tmp_path / "default", 5, export=False)["ae_steps"] == 1  # a fifth
+    assert run_tiny(tmp_path / "share", 5, ae_share=0.6, export=False)["ae_steps"] == 3
+    assert run_tiny(tmp_path / "given", 5, ae_share=0.6, ae_steps=2, export=False)["ae_steps"] == 2
 
 
 def test_step_seeds_fit_torch_generators():

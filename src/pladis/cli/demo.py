@@ -228,13 +228,25 @@ def train_demo(
     ] = None,
     ae_steps: Annotated[
         int | None,
-        typer.Option(help="Autoencoder steps before the UNet (default: a fifth of --steps, or of the time budget)."),
+        typer.Option(help="Autoencoder steps before the UNet (default: --ae-share of --steps, or of the time budget)."),
     ] = None,
     ae_batch_size: Annotated[int, typer.Option(help="Images per autoencoder step.")] = 64,
+    ae_share: Annotated[
+        float | None,
+        typer.Option(help="The autoencoder's fraction of the time budget (or of --steps) without --ae-steps [0.2]."),
+    ] = None,
 ) -> None:
     """Train the embedded demo model on procedurally generated scenes (reproducible from the seed, resumable)."""
     from ..demo.model import WEIGHTS_DIR
-    from ..demo.train import CheckpointError, InstallRefused, TrainOptionError, check_options, install_weights, train
+    from ..demo.train import (
+        AE_SHARE,
+        CheckpointError,
+        InstallRefused,
+        TrainOptionError,
+        check_options,
+        install_weights,
+        train,
+    )
     from .common import CLIError, pick_device, reporting_errors
 
     with reporting_errors():
@@ -272,6 +284,7 @@ def train_demo(
                 config=config,
                 ae_steps=ae_steps,
                 ae_batch_size=ae_batch_size,
+                ae_share=AE_SHARE if ae_share is None else ae_share,
             )
         except TrainOptionError as e:
             raise CLIError(str(e), 2) from None

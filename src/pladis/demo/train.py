@@ -62,7 +62,7 @@ LOG_FILE = "loss_log.csv"
 AE_LOG_FILE = "ae_loss_log.csv"
 MILESTONES_DIR = "checkpoints"
 MILESTONE_FRACTIONS = (0.1, 0.3, 1.0)
-AE_SHARE = 0.2  # of the time budget (or of the UNet steps, when those are given) for the autoencoder phase
+AE_SHARE = 0.2  # default fraction of the time budget (or of the UNet steps, when given) for the autoencoder phase
 AE_KL_WEIGHT = 1e-6
 AE_EDGE_WEIGHT = 8.0
 SUMMARY_FILE = "train_summary.json"
@@ -392,19 +392,24 @@ def train(
     ae_steps: int | None = None,
     ae_batch_size: int = 64,
     ae_lr: float = 2e-3,
+    ae_share: float = AE_SHARE,
 ) -> dict:
     """Train (or resume) a run in ``out_dir``; returns its summary (``interrupted`` names a signal that stopped it).
 
     ``batch_size``, ``lr`` and ``seed`` default to the checkpoint's values when resuming (else 256, 1e-3, 0);
     giving one that differs from the checkpoint raises :class:`TrainOptionError`. ``config`` replaces
     :func:`~pladis.demo.model.default_config` for a fresh run (e.g. a tiny model for tests).
-    ``ae_steps``: autoencoder steps of a latent model (default: a fifth of ``steps``, or a fifth of the time).
+    ``ae_steps``: autoencoder steps of a latent model (default: ``ae_share`` of ``steps``, or of the time).
     """
     check_options(steps, max_minutes, batch_size, lr, seed, log_every, save_every, save_minutes)
     if ae_steps is not None and ae_steps < 0:
         raise TrainOptionError(f"--ae-steps {ae_steps}: give 0 or more autoencoder steps (or leave it out)")
     if ae_batch_size < 1:
         raise TrainOptionError(f"--ae-batch-size {ae_batch_size}: give at least 1 image per step, e.g. 64")
+    if not 0 < ae_share < 1:
+        raise TrainOptionError(
+            f"--ae-share {ae_share}: give the autoencoder's fraction of the budget, in (0, 1), e.g. 0.2"
+        )
     t_start = time.time()
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -478,7 +483,7 @@ def train(
         del tensors
         print(f"resumed from {source} at step {step} ({images_seen} images, {phase} phase)")
     if latent and ae_total is None and steps is not None:
-        ae_total = round(AE_SHARE * steps)
+        ae_total = round(ae_share * steps)
     args = dict(
         seed=seed,
         batch_size=batch_size,
@@ -528,7 +533,7 @@ def train(
         with _stop_on_signals() as stop:
             ae_step, ae_total, interrupted = _train_autoencoder(
                 vae, ae_opt, out, ae_step, ae_total, seed, ae_batch_size, ae_lr, dev, stop,
-                t_start + AE_SHARE * max_minutes * 60, log_every, progress, save_ae, save_every, save_minutes,
+                t_start + ae_share * max_minutes * 60, log_every, progress, save_ae, save_every, save_minutes,
             )  # fmt: skip
         if interrupted is None:
             vae.eval().requires_grad_(False)
@@ -736,6 +741,7 @@ def main(argv=None):
     p.add_argument("--save-minutes", type=float, default=5.0)
     p.add_argument("--ae-steps", type=int, default=None)
     p.add_argument("--ae-batch-size", type=int, default=64)
+    p.add_argument("--ae-share", type=float, default=AE_SHARE)
     p.add_argument("--no-progress", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -754,6 +760,7 @@ def main(argv=None):
             progress=not a.no_progress,
             ae_steps=a.ae_steps,
             ae_batch_size=a.ae_batch_size,
+            ae_share=a.ae_share,
         )
     except (TrainOptionError, CheckpointError) as e:
         p.exit(2 if isinstance(e, TrainOptionError) else 1, f"error: {e}\n")
